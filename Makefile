@@ -1,0 +1,82 @@
+# SecureStreams: one binary, `securestreams`, and its tests.
+#   make demo       install dependencies, build, run the delayed-flights pipeline
+#   make check      install dependencies, build, run every test
+#   make            build build/securestreams
+#   make test       build and run every test (unit and integration)
+#   make asan       build and run the unit tests with ASan and UBSan
+#   make install PREFIX=DIR
+PREFIX ?= /usr/local
+BUILD  ?= build
+PKGS    = libzmq libsodium lua5.4 msgpack libseccomp libcjson
+CC     ?= cc
+CFLAGS ?= -O2 -g
+WARN    = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wmissing-prototypes \
+          -Wstrict-prototypes -Wno-unused-parameter
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -Isrc $(shell pkg-config --cflags $(PKGS))
+LIBS    = $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+
+SRCS     = $(wildcard src/*.c src/lua/*.c)
+LUA_SRCS = $(wildcard src/lua/*.lua)
+OBJS     = $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS)) $(BUILD)/luasrc.o
+LIB_OBJS = $(filter-out $(BUILD)/main.o,$(OBJS))
+TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all test unit asan install clean deps demo check bench
+ROWS     ?= 1000000
+SECURITY ?= plain
+WORKERS  ?= 2
+all: $(BUILD)/securestreams
+
+$(BUILD)/securestreams: $(OBJS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/embed: tools/embed.c
+	@mkdir -p $(BUILD)
+	$(CC) -O1 -o $@ $<
+
+$(BUILD)/luasrc.c: $(BUILD)/embed $(LUA_SRCS)
+	$(BUILD)/embed $@ $(foreach f,$(LUA_SRCS),$(basename $(notdir $(f)))=$(f))
+
+$(BUILD)/luasrc.o: $(BUILD)/luasrc.c
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
+
+unit: $(TESTS)
+test: all $(TESTS)
+	tests/run.sh $(BUILD)
+
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" test
+
+install: $(BUILD)/securestreams
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(BUILD)/securestreams $(DESTDIR)$(PREFIX)/bin/securestreams
+
+deps:
+	./scripts/install-deps
+
+bench: all
+	scripts/bench $(ROWS) 1
+	scripts/bench $(ROWS) $(WORKERS)
+
+check: deps
+	$(MAKE) test
+
+demo: deps
+	$(MAKE) all
+	@mkdir -p out
+	@test -s out/flights-$(ROWS).csv || $(BUILD)/securestreams gen flights --rows $(ROWS) -o out/flights-$(ROWS).csv
+	$(BUILD)/securestreams run examples/flights/flights.spec.lua --input out/flights-$(ROWS).csv \
+	    --security $(SECURITY) --workers $(WORKERS)
+
+clean:
+	rm -rf build build-asan
+
+-include $(OBJS:.o=.d)

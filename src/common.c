@@ -1,0 +1,90 @@
+/*
+ * common.c - error strings, component-prefixed logging, clocks and ids.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+static const char *component = "securestreams";
+
+const char *ss_strerror(ss_err e)
+{
+    static const char *const names[SS_ERR__COUNT] = {
+        [SS_OK] = "success",
+        [SS_ERR_NOMEM] = "out of memory or bound reached",
+        [SS_ERR_IO] = "input/output error",
+        [SS_ERR_FORMAT] = "malformed data",
+        [SS_ERR_TOOBIG] = "value too large",
+        [SS_ERR_LUA] = "Lua error",
+        [SS_ERR_TIMEOUT] = "timed out",
+        [SS_ERR_CLOSED] = "closed",
+        [SS_ERR_USAGE] = "usage error",
+        [SS_ERR_CRYPTO] = "authentication failure",
+    };
+    if ((unsigned)e >= SS_ERR__COUNT)
+        return "unknown error";
+    return names[e];
+}
+
+void ss_log_init(const char *name)
+{
+    component = name;
+}
+
+static void vlog(const char *fmt, va_list ap)
+{
+    char line[2048];
+    int n = snprintf(line, sizeof line, "[%s] ", component);
+    if (n < 0 || (size_t)n >= sizeof line)
+        n = 0;
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    fprintf(stderr, "%s\n", line);
+}
+
+void ss_log(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap);
+    va_end(ap);
+}
+
+int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
+{
+    uint64_t seen = (*counter)++;
+    if (seen >= limit)
+        return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap);
+    va_end(ap);
+    if (seen + 1 == limit)
+        ss_log("(further messages of this kind are counted, not logged)");
+    return 1;
+}
+
+int64_t ss_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t ss_now_ms(void)
+{
+    return ss_now_ns() / 1000000;
+}
+
+uint64_t ss_random_id(void)
+{
+    uint64_t id = 0;
+    while (id == 0) {
+        randombytes_buf(&id, sizeof id);
+        id &= INT64_MAX; /* ids are Lua integers and MessagePack positive ints */
+    }
+    return id;
+}
