@@ -1,0 +1,556 @@
+/*
+ * lnet.c - the `securestreams.net` Lua module: producer and consumer links,
+ * batch writers and lineage helpers, for the Lua side of our components
+ * (zmq-rx.lua, the stage driver). Events cross in whole batches: a consumer
+ * returns one decoded batch per call, a writer collects a batch that one
+ * publish sends.
+ *
+ * Ids are 64-bit and travel as Lua integers (bit patterns; printed in hex).
+ * All errors are raised as Lua errors with a message naming the address.
+ */
+#include "codec.h"
+#include "frame.h"
+#include "link.h"
+#include "lstate.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#ifndef SS_DEFAULT_STREAM
+#define SS_DEFAULT_STREAM 0x53530001u
+#endif
+
+#define CONSUMER_MT "securestreams.consumer"
+#define PRODUCER_MT "securestreams.producer"
+#define WRITER_MT "securestreams.writer"
+#define RECEIPT_RING 256
+
+static void *zctx;
+
+static void *context(lua_State *L)
+{
+    if (!zctx && !(zctx = zmq_ctx_new()))
+        luaL_error(L, "cannot create a ZeroMQ context: %s", zmq_strerror(zmq_errno()));
+    return zctx;
+}
+
+static uint32_t stream_from_env(void)
+{
+    const char *s = getenv("SS_STREAM");
+    return s && *s ? (uint32_t)strtoul(s, NULL, 0) : SS_DEFAULT_STREAM;
+}
+
+/* Read {name=, id=, stream=, window=} at index idx into o. */
+static void read_opts(lua_State *L, int idx, ss_link_opts *o, char *name, size_t namelen)
+{
+    ss_link_opts_init(o);
+    o->stream = stream_from_env();
+    if (lua_isnoneornil(L, idx))
+        return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if (lua_getfield(L, idx, "name") == LUA_TSTRING) {
+        snprintf(name, namelen, "%s", lua_tostring(L, -1));
+        o->name = name;
+    }
+    if (lua_getfield(L, idx, "id") == LUA_TNUMBER)
+        o->id = (uint64_t)lua_tointeger(L, -1);
+    if (lua_getfield(L, idx, "stream") == LUA_TNUMBER)
+        o->stream = (uint32_t)lua_tointeger(L, -1);
+    if (lua_getfield(L, idx, "window") == LUA_TNUMBER)
+        o->window = (unsigned)lua_tointeger(L, -1);
+    lua_pop(L, 4);
+}
+
+/* ---- consumer ---- */
+
+typedef struct {
+    ss_consumer_t *c;
+    uint64_t id;
+} lconsumer;
+
+static lconsumer *check_consumer(lua_State *L)
+{
+    lconsumer *lc = luaL_checkudata(L, 1, CONSUMER_MT);
+    if (!lc->c)
+        luaL_error(L, "consumer is closed");
+    return lc;
+}
+
+static int net_consumer(lua_State *L)
+{
+    const char *addr = luaL_checkstring(L, 1);
+    ss_link_opts o;
+    char name[128] = "consumer", err[512];
+    read_opts(L, 2, &o, name, sizeof name);
+    if (!o.id)
+        o.id = ss_random_id();
+    lconsumer *lc = lua_newuserdatauv(L, sizeof *lc, 0);
+    lc->c = NULL;
+    lc->id = o.id;
+    luaL_setmetatable(L, CONSUMER_MT);
+    ss_err e = ss_consumer_new(context(L), addr, &o, &lc->c, err, sizeof err);
+    if (e != SS_OK)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int bad_delivery(lua_State *L, int base, uint64_t tag, const char *why)
+{
+    lua_settop(L, base);
+    lua_pushliteral(L, "bad");
+    lua_pushinteger(L, (lua_Integer)tag);
+    lua_pushstring(L, why);
+    return 3;
+}
+
+/* c:recv(timeout_ms) -> nil | kind, tag, events|eos|message, lineage, origin, flags, producer, seq
+ * kind is "data", "eos" or "bad" (payload not decodable: third value is why). */
+static int consumer_recv(lua_State *L)
+{
+    lconsumer *lc = check_consumer(L);
+    int timeout = (int)luaL_optinteger(L, 2, -1);
+    ss_delivery_t d;
+    ss_err e = ss_consumer_recv(lc->c, timeout, &d);
+    if (e == SS_ERR_TIMEOUT)
+        return 0;
+    if (e != SS_OK)
+        return luaL_error(L, "receiving: %s", ss_strerror(e));
+    char msg[256];
+    int base = lua_gettop(L);
+    lua_pushstring(L, d.header.type == SS_MSG_EOS ? "eos" : "data");
+    lua_pushinteger(L, (lua_Integer)d.tag);
+    if (d.header.type == SS_MSG_EOS) {
+        if (ss_codec_decode(L, d.payload, d.payload_len) != SS_OK)
+            return bad_delivery(L, base, d.tag, "end-of-stream payload is not valid MessagePack");
+    } else {
+        ss_batch_reader r;
+        if (ss_batch_reader_init(&r, d.payload, d.payload_len) != SS_OK || r.count != d.header.count) {
+            snprintf(msg, sizeof msg, "batch payload is not a MessagePack array of %u events",
+                     (unsigned)d.header.count);
+            return bad_delivery(L, base, d.tag, msg);
+        }
+        lua_createtable(L, (int)r.count, 0);
+        for (lua_Integer i = 1;; i++) {
+            char why[200];
+            e = ss_batch_reader_next(&r, L, why, sizeof why);
+            if (e == SS_ERR_CLOSED)
+                break;
+            if (e != SS_OK) {
+                snprintf(msg, sizeof msg, "event %d: %s", (int)i, why);
+                return bad_delivery(L, base, d.tag, msg);
+            }
+            lua_rawseti(L, -2, i);
+        }
+    }
+    lua_pushlstring(L, (const char *)d.lineage, d.lineage_len);
+    lua_pushinteger(L, (lua_Integer)d.header.origin);
+    lua_pushinteger(L, d.flags);
+    lua_pushinteger(L, (lua_Integer)d.header.producer);
+    lua_pushinteger(L, (lua_Integer)d.header.seq);
+    return 8;
+}
+
+static int consumer_ack(lua_State *L)
+{
+    lconsumer *lc = check_consumer(L);
+    ss_err e = ss_consumer_ack(lc->c, (uint64_t)luaL_checkinteger(L, 2));
+    if (e != SS_OK)
+        return luaL_error(L, "acknowledging: %s", ss_strerror(e));
+    return 0;
+}
+
+static int consumer_tick(lua_State *L)
+{
+    ss_consumer_tick(check_consumer(L)->c);
+    return 0;
+}
+
+static int consumer_id(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_consumer(L)->id);
+    return 1;
+}
+
+static int consumer_close(lua_State *L)
+{
+    lconsumer *lc = luaL_checkudata(L, 1, CONSUMER_MT);
+    ss_consumer_destroy(&lc->c);
+    return 0;
+}
+
+/* ---- writer ---- */
+
+static ss_batch_writer *check_writer(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, WRITER_MT);
+}
+
+static int net_writer(lua_State *L)
+{
+    lua_Integer limit = luaL_optinteger(L, 1, SS_MAX_MESSAGE - 4096);
+    luaL_argcheck(L, limit > 16 && limit <= (lua_Integer)SS_MAX_MESSAGE, 1, "limit out of range");
+    ss_batch_writer *w = lua_newuserdatauv(L, sizeof *w, 0);
+    memset(w, 0, sizeof *w);
+    luaL_setmetatable(L, WRITER_MT);
+    if (ss_batch_writer_init(w, (size_t)limit) != SS_OK)
+        return luaL_error(L, "cannot allocate a batch writer");
+    return 1;
+}
+
+static int writer_add(lua_State *L)
+{
+    ss_batch_writer *w = check_writer(L, 1);
+    char msg[256];
+    luaL_checkany(L, 2);
+    ss_err e = ss_batch_writer_add(w, L, 2, msg, sizeof msg);
+    if (e == SS_ERR_TOOBIG)
+        return luaL_error(L, "batch would exceed %d bytes", (int)w->limit);
+    if (e != SS_OK)
+        return luaL_error(L, "cannot send this value: %s", msg);
+    return 0;
+}
+
+static int writer_count(lua_State *L)
+{
+    lua_pushinteger(L, check_writer(L, 1)->count);
+    return 1;
+}
+
+static int writer_bytes(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_writer(L, 1)->len);
+    return 1;
+}
+
+static int writer_reset(lua_State *L)
+{
+    ss_batch_writer_reset(check_writer(L, 1));
+    return 0;
+}
+
+static int writer_gc(lua_State *L)
+{
+    ss_batch_writer_cleanup(check_writer(L, 1));
+    return 0;
+}
+
+/* ---- producer ---- */
+
+typedef struct {
+    ss_producer_t *p;
+    uint64_t id;
+    uint32_t stream;
+    uint64_t seq;             /* next stream sequence number */
+    uint64_t receipted;       /* every pubseq below this is receipted */
+    uint8_t ring[RECEIPT_RING];
+    ss_consumer_t *tick_consumer;
+} lproducer;
+
+static void on_receipt(void *arg, uint64_t pubseq)
+{
+    lproducer *lp = arg;
+    if (pubseq < lp->receipted || pubseq >= lp->receipted + RECEIPT_RING)
+        return;
+    lp->ring[pubseq % RECEIPT_RING] = 1;
+    while (lp->ring[lp->receipted % RECEIPT_RING]) {
+        lp->ring[lp->receipted % RECEIPT_RING] = 0;
+        lp->receipted++;
+    }
+}
+
+static void tick_consumer(void *arg)
+{
+    lproducer *lp = arg;
+    if (lp->tick_consumer)
+        ss_consumer_tick(lp->tick_consumer);
+}
+
+static lproducer *check_producer(lua_State *L)
+{
+    lproducer *lp = luaL_checkudata(L, 1, PRODUCER_MT);
+    if (!lp->p)
+        luaL_error(L, "producer is closed");
+    return lp;
+}
+
+static int net_producer(lua_State *L)
+{
+    const char *addr = luaL_checkstring(L, 1);
+    ss_link_opts o;
+    char name[128] = "producer", err[512];
+    read_opts(L, 2, &o, name, sizeof name);
+    if (!o.id)
+        o.id = ss_random_id();
+    if (o.window > RECEIPT_RING / 2)
+        o.window = RECEIPT_RING / 2;
+    lproducer *lp = lua_newuserdatauv(L, sizeof *lp, 1);
+    memset(lp, 0, sizeof *lp);
+    lp->id = o.id;
+    lp->stream = o.stream;
+    luaL_setmetatable(L, PRODUCER_MT);
+    ss_err e = ss_producer_new(context(L), addr, &o, on_receipt, lp, &lp->p, err, sizeof err);
+    if (e != SS_OK)
+        return luaL_error(L, "%s", err);
+    ss_producer_set_tick(lp->p, tick_consumer, lp);
+    return 1;
+}
+
+static int publish(lua_State *L, lproducer *lp, ss_header_t *h, const char *lineage, size_t llen,
+                   const char *payload, size_t plen)
+{
+    uint64_t pubseq;
+    h->stream = lp->stream;
+    h->producer = lp->id;
+    h->seq = lp->seq;
+    ss_err e = ss_producer_publish(lp->p, h, lineage, llen, payload, plen, &pubseq);
+    if (e != SS_OK)
+        return luaL_error(L, "publishing: %s", ss_strerror(e));
+    lp->seq++;
+    lua_pushinteger(L, (lua_Integer)pubseq);
+    return 1;
+}
+
+/* p:publish(writer, lineage [, origin]) -> pubseq; the writer is left as is. */
+static int producer_publish(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    ss_batch_writer *w = check_writer(L, 2);
+    size_t llen;
+    const char *lineage = luaL_checklstring(L, 3, &llen);
+    size_t n;
+    if (ss_lineage_check(lineage, llen, &n) != SS_OK)
+        return luaL_argerror(L, 3, "not a sorted lineage");
+    ss_header_t h = { .type = SS_MSG_DATA, .count = w->count,
+                      .origin = (uint64_t)luaL_optinteger(L, 4, 0) };
+    const char *payload;
+    size_t plen;
+    ss_batch_writer_finish(w, &payload, &plen);
+    return publish(L, lp, &h, lineage, llen, payload, plen);
+}
+
+/* p:publish_eos(table) -> pubseq; table = {members = {...}, stats = {...}} */
+static int producer_publish_eos(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "members");
+    ss_header_t h = { .type = SS_MSG_EOS, .count = (uint32_t)luaL_len(L, -1) };
+    lua_pop(L, 1);
+    char *buf;
+    size_t len;
+    if (ss_codec_encode(L, 2, &buf, &len) != SS_OK)
+        return luaL_error(L, "cannot encode end-of-stream statistics");
+    uint64_t pubseq;
+    h.stream = lp->stream;
+    h.producer = lp->id;
+    h.seq = lp->seq;
+    ss_err e = ss_producer_publish(lp->p, &h, "", 0, buf, len, &pubseq);
+    free(buf);
+    if (e != SS_OK)
+        return luaL_error(L, "publishing end of stream: %s", ss_strerror(e));
+    lp->seq++;
+    lua_pushinteger(L, (lua_Integer)pubseq);
+    return 1;
+}
+
+static int producer_receipted(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    lua_pushinteger(L, (lua_Integer)lp->receipted);
+    return 1;
+}
+
+static int producer_service(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    ss_err e = ss_producer_service(lp->p, (int)luaL_optinteger(L, 2, 0));
+    if (e != SS_OK && e != SS_ERR_TIMEOUT)
+        return luaL_error(L, "%s", ss_strerror(e));
+    return 0;
+}
+
+static int producer_drain(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    ss_err e = ss_producer_drain(lp->p, (int)luaL_optinteger(L, 2, -1));
+    if (e != SS_OK)
+        return luaL_error(L, "waiting for the router to receive everything: %s", ss_strerror(e));
+    return 0;
+}
+
+/* p:tick_with(consumer): keep that consumer's heartbeats going while blocked. */
+static int producer_tick_with(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    lconsumer *lc = luaL_checkudata(L, 2, CONSUMER_MT);
+    lp->tick_consumer = lc->c;
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 1, 1); /* keep the consumer alive as long as we point at it */
+    return 0;
+}
+
+static int producer_id(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_producer(L)->id);
+    return 1;
+}
+
+static int producer_close(lua_State *L)
+{
+    lproducer *lp = luaL_checkudata(L, 1, PRODUCER_MT);
+    lp->tick_consumer = NULL;
+    ss_producer_destroy(&lp->p);
+    return 0;
+}
+
+/* ---- lineage helpers ---- */
+
+/* net.lineage(source, seq) -> a one-id lineage string */
+static int net_lineage(lua_State *L)
+{
+    uint8_t buf[SS_LINEAGE_ENTRY];
+    ss_lineage_id id = { (uint64_t)luaL_checkinteger(L, 1), (uint64_t)luaL_checkinteger(L, 2) };
+    ss_lineage_put(buf, 0, id);
+    lua_pushlstring(L, (const char *)buf, sizeof buf);
+    return 1;
+}
+
+/* net.lineage_union({s1, s2, ...}) -> sorted union */
+static int net_lineage_union(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer parts = luaL_len(L, 1);
+    size_t total = 0;
+    for (lua_Integer i = 1; i <= parts; i++) {
+        lua_rawgeti(L, 1, i);
+        size_t len;
+        luaL_checklstring(L, -1, &len);
+        if (len % SS_LINEAGE_ENTRY)
+            return luaL_error(L, "lineage part %d is not a lineage", (int)i);
+        total += len / SS_LINEAGE_ENTRY;
+        lua_pop(L, 1);
+    }
+    ss_lineage_id *ids = lua_newuserdatauv(L, (total ? total : 1) * sizeof *ids, 0);
+    size_t n = 0;
+    for (lua_Integer i = 1; i <= parts; i++) {
+        lua_rawgeti(L, 1, i);
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        for (size_t k = 0; k < len / SS_LINEAGE_ENTRY; k++)
+            ids[n++] = ss_lineage_get(s, k);
+        lua_pop(L, 1);
+    }
+    n = ss_lineage_normalise(ids, n);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, n * SS_LINEAGE_ENTRY);
+    for (size_t k = 0; k < n; k++)
+        ss_lineage_put(out, k, ids[k]);
+    luaL_pushresultsize(&b, n * SS_LINEAGE_ENTRY);
+    return 1;
+}
+
+/* net.lineage_ids(s) -> { {source, seq}, ... } */
+static int net_lineage_ids(lua_State *L)
+{
+    size_t len, n;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (ss_lineage_check(s, len, &n) != SS_OK)
+        return luaL_argerror(L, 1, "not a sorted lineage");
+    lua_createtable(L, (int)n, 0);
+    for (size_t k = 0; k < n; k++) {
+        ss_lineage_id id = ss_lineage_get(s, k);
+        lua_createtable(L, 2, 0);
+        lua_pushinteger(L, (lua_Integer)id.source);
+        lua_rawseti(L, -2, 1);
+        lua_pushinteger(L, (lua_Integer)id.seq);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+    return 1;
+}
+
+/* net.ready(): tell the process that started us (SS_READY_FD) that our
+ * links are up, once; a no-op without SS_READY_FD. */
+static int net_ready(lua_State *L)
+{
+    const char *fd = getenv("SS_READY_FD");
+    if (fd && *fd) {
+        int n = atoi(fd);
+        if (write(n, "ready\n", 6) != 6)
+            return luaL_error(L, "cannot report readiness on fd %d", n);
+        close(n);
+        unsetenv("SS_READY_FD");
+    }
+    return 0;
+}
+
+static int net_new_id(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)ss_random_id());
+    return 1;
+}
+
+static int net_hex(lua_State *L)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)luaL_checkinteger(L, 1));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* Wall-clock seconds: comparable between the processes of a run. */
+static int net_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+}
+
+int luaopen_securestreams_net(lua_State *L)
+{
+    static const luaL_Reg consumer_m[] = {
+        { "recv", consumer_recv }, { "ack", consumer_ack }, { "tick", consumer_tick },
+        { "id", consumer_id }, { "close", consumer_close }, { NULL, NULL } };
+    static const luaL_Reg producer_m[] = {
+        { "publish", producer_publish }, { "publish_eos", producer_publish_eos },
+        { "receipted", producer_receipted }, { "service", producer_service },
+        { "drain", producer_drain }, { "tick_with", producer_tick_with },
+        { "id", producer_id }, { "close", producer_close }, { NULL, NULL } };
+    static const luaL_Reg writer_m[] = {
+        { "add", writer_add }, { "count", writer_count }, { "bytes", writer_bytes },
+        { "reset", writer_reset }, { NULL, NULL } };
+    static const luaL_Reg funcs[] = {
+        { "consumer", net_consumer }, { "producer", net_producer }, { "writer", net_writer },
+        { "lineage", net_lineage }, { "lineage_union", net_lineage_union },
+        { "lineage_ids", net_lineage_ids }, { "new_id", net_new_id }, { "hex", net_hex },
+        { "now", net_now }, { "ready", net_ready }, { NULL, NULL } };
+    new_class(L, CONSUMER_MT, consumer_m, consumer_close);
+    new_class(L, PRODUCER_MT, producer_m, producer_close);
+    new_class(L, WRITER_MT, writer_m, writer_gc);
+    luaL_newlib(L, funcs);
+    lua_pushinteger(L, SS_BATCH_BYTES);
+    lua_setfield(L, -2, "BATCH_BYTES");
+    lua_pushinteger(L, SS_LINK_REDELIVERED);
+    lua_setfield(L, -2, "REDELIVERED");
+    lua_pushinteger(L, SS_LINK_LATE);
+    lua_setfield(L, -2, "LATE");
+    return 1;
+}

@@ -1,0 +1,145 @@
+/*
+ * lstate.c - Lua states with our modules preloaded, protected calls with
+ * tracebacks, and the `securestreams lua SCRIPT` command (the seed's
+ * `lua mapper.lua` entry point).
+ */
+#include "lstate.h"
+
+#include "common.h"
+#include "lmodules.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <string.h>
+
+/* package.preload loader for an embedded Lua source: upvalue 1 is the index
+ * into ss_lua_sources. */
+static int load_embedded(lua_State *L)
+{
+    const ss_lua_embedded *m = &ss_lua_sources[lua_tointeger(L, lua_upvalueindex(1))];
+    char chunk[128];
+    snprintf(chunk, sizeof chunk, "=[securestreams]/%s.lua", m->name);
+    if (luaL_loadbufferx(L, m->source, m->len, chunk, "t") != LUA_OK)
+        return lua_error(L);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static int open_all(lua_State *L)
+{
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_csv);
+    lua_setfield(L, -2, "csv");
+    lua_pushcfunction(L, luaopen_json);
+    lua_setfield(L, -2, "json");
+    lua_pushcfunction(L, luaopen_securestreams_net);
+    lua_setfield(L, -2, "securestreams.net");
+    for (lua_Integer i = 0; ss_lua_sources[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, ss_lua_sources[i].name);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+lua_State *ss_lua_new(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return NULL;
+    lua_pushcfunction(L, open_all);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        fprintf(stderr, "securestreams: cannot set up Lua: %s\n", lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int ss_lua_pcall(lua_State *L, int nargs, int nresults)
+{
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int status = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    return status;
+}
+
+int ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv)
+{
+    lua_createtable(L, argc, 1);
+    lua_pushstring(L, path);
+    lua_rawseti(L, -2, 0);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setglobal(L, "arg");
+    if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+        fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return 1;
+    }
+    for (int i = 0; i < argc; i++)
+        lua_pushstring(L, argv[i]);
+    if (ss_lua_pcall(L, argc, 0) != LUA_OK) {
+        fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return 1;
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: securestreams lua SCRIPT [ARGS...]\n"
+            "       securestreams lua -e CODE\n"
+            "Run a Lua 5.4 script with the SecureStreams modules available to require:\n"
+            "  rx, zmq-rx, csv, json. Stage scripts read FROM and TO from the\n"
+            "  environment, as in a Compose file. Exit status 1 on a script error.\n");
+}
+
+int ss_cmd_lua(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    ss_log_init("lua");
+    lua_State *L = ss_lua_new();
+    if (!L)
+        return 1;
+    int rc;
+    if (!strcmp(argv[1], "-e")) {
+        if (argc < 3) {
+            usage(stderr);
+            lua_close(L);
+            return 2;
+        }
+        rc = luaL_loadstring(L, argv[2]) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK;
+        if (rc)
+            fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
+    } else {
+        rc = ss_lua_run_file(L, argv[1], argc - 2, argv + 2);
+    }
+    lua_close(L);
+    return rc;
+}

@@ -1,0 +1,64 @@
+-- ss-stage: runs one stage script of a pipeline spec as a worker or a sink.
+--
+-- A stage script returns a function that receives the input stream (an rx
+-- Observable) and returns the stage's output stream; a sink script's function
+-- subscribes to the stream it receives. For example:
+--
+--   local csv = require 'csv'
+--   return function(stream)
+--     return stream:map(function(line) return csv.parse(line)[9] end)
+--   end
+local ZmqRx = require 'zmq-rx'
+
+local function load_stage(path)
+  local chunk, err = loadfile(path, 't')
+  if not chunk then error(err, 0) end
+  local ok, fn = pcall(chunk)
+  if not ok then error(('%s: %s'):format(path, tostring(fn)), 0) end
+  if type(fn) ~= 'function' then
+    error(('%s: the script must return a function(stream) that builds the stage, got %s')
+      :format(path, type(fn)), 0)
+  end
+  return fn
+end
+
+-- Print the sink's summary to stderr (results own stdout), and as JSON to
+-- SS_SUMMARY_FILE when set.
+local function report(summary)
+  if not summary then return end
+  local out = io.stderr
+  local secs = summary.seconds or 0
+  out:write(('summary: %d rows in %.2f s (%.0f rows/s); %s\n'):format(summary.rows, secs,
+    secs > 0 and summary.rows / secs or 0,
+    summary.complete and ('complete: all %d source batches accounted for'):format(summary.expected)
+      or ('INCOMPLETE: %d of %d source batches accounted for'):format(summary.covered, summary.expected)))
+  out:write(('  %-12s %7s %12s %12s %9s %8s\n'):format('stage', 'workers', 'in', 'out', 'skipped', 'refused'))
+  for _, s in ipairs(summary.stages) do
+    out:write(('  %-12s %7d %12d %12d %9d %8d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped, s.refused))
+  end
+  local sink = summary.sink
+  out:write(('  %-12s %7d %12d %12s %9d %8d\n'):format('sink', 1, sink['in'], '-', sink.skipped, sink.refused))
+  local path = os.getenv('SS_SUMMARY_FILE')
+  if path and path ~= '' then
+    local f = assert(io.open(path, 'w'))
+    f:write(require('json').encode(summary), '\n')
+    f:close()
+  end
+end
+
+return function(role, script, from, to)
+  local fn = load_stage(script)
+  local stream = ZmqRx.Subject.fromZmqSocket(from)
+  if role == 'sink' then
+    fn(stream)
+    local summary = ZmqRx.summary()
+    report(summary)
+    return summary
+  end
+  local out = fn(stream)
+  if type(out) ~= 'table' or type(out.subscribeToSocket) ~= 'function' then
+    error(('%s: the stage function must return an observable (the output stream), got %s')
+      :format(script, type(out)), 0)
+  end
+  return out:subscribeToSocket(to)
+end

@@ -1,0 +1,58 @@
+/*
+ * main.c - the securestreams command: one binary, one subcommand per
+ * component or tool, so a deployment ships a single file.
+ */
+#include "component.h"
+#include "gen.h"
+#include "lstate.h"
+#include "pipeline.h"
+#include "router.h"
+#include "source.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define SS_VERSION "0.1.0"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *what;
+} command;
+
+static const command commands[] = {
+    { "run", ss_cmd_run, "run a pipeline spec as local processes" },
+    { "gen", ss_cmd_gen, "generate data (gen flights --rows N)" },
+    { "router", ss_cmd_router, "the rendezvous between two stages" },
+    { "source", ss_cmd_source, "read a file and send it to a router in batches" },
+    { "worker", ss_cmd_worker, "run a stage script between two routers" },
+    { "sink", ss_cmd_sink, "receive the results and run the sink script" },
+    { "lua", ss_cmd_lua, "run a Lua script with the SecureStreams modules" },
+    { NULL, NULL, NULL },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: securestreams COMMAND [ARGS...]   (securestreams COMMAND --help for details)\n\n");
+    for (const command *c = commands; c->name; c++)
+        fprintf(f, "  %-8s %s\n", c->name, c->what);
+    fprintf(f, "  %-8s %s\n", "version", "print the version");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+        printf("securestreams %s\n", SS_VERSION);
+        return 0;
+    }
+    for (const command *c = commands; c->name; c++)
+        if (!strcmp(argv[1], c->name))
+            return c->run(argc - 1, argv + 1);
+    fprintf(stderr, "securestreams: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

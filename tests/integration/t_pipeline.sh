@@ -1,0 +1,19 @@
+# The delayed-flights pipeline through `run` equals the awk reference for
+# 1, 2 and 4 workers per stage and for uneven counts, on 1 million rows.
+. "$(dirname "$0")/lib.sh"
+F=$(flights 1000000)
+expected "$F" >"$T/expected"
+check "awk reference has 20 carriers" test "$(wc -l <"$T/expected")" -eq 20
+for w in 1 2 4 3,2,1 1,3,2; do
+    if "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers "$w" \
+        --summary-json "$T/summary.json" >"$T/out" 2>"$T/err"; then
+        results "$T/out" >"$T/actual"
+        same "run --workers $w equals awk" "$T/expected" "$T/actual"
+        check "run --workers $w summary says complete" grep -q '"complete":true' "$T/summary.json"
+        check "run --workers $w summary counts 1000000 rows" grep -q '"rows":1000000' "$T/summary.json"
+    else
+        notok "run --workers $w" "exit status $?"
+        tail -20 "$T/err"
+    fi
+done
+check "no process left behind" sh -c "! pgrep -f 'securestreams (router|worker|sink|source)' >/dev/null"
