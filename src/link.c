@@ -12,12 +12,20 @@
  * sent with zmq_send, which copies. Waiting is one zmq_poll whose timeout is
  * the next heartbeat, liveness or tick deadline, never a busy loop.
  *
+ * CurveZMQ (docs/curve.md): with both key files configured the socket is a
+ * CURVE client of the router. While joining, a socket monitor reports the
+ * handshake: a refused key or a CURVE/plain mismatch ends the join at once
+ * with a message saying so, instead of the join timeout. The monitor is
+ * closed once the router welcomed us.
+ *
  * Consumer invariant: the router may deliver at most `window` batches that
  * the application has not yet been handed (initial CREDIT window, then one
  * CREDIT per hand-over). They are buffered in a ring of window + 1 slots;
  * the extra slot is the delivery the application holds until its next recv.
  */
 #include "link.h"
+
+#include "curve.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -30,6 +38,15 @@
 #define READ_BURST 256       /* messages handled per read, so callers regain control */
 #define LOG_LIMIT 10         /* first occurrences of each odd event that are logged */
 #define MAX_WINDOW 1024      /* bound on either window (the consumer buffers that many) */
+#define LINK_HANDSHAKE_MS 5000  /* CurveZMQ: a handshake not done by then is retried */
+#define JOIN_EVENTS (ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED \
+                     | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL \
+                     | ZMQ_EVENT_DISCONNECTED)
+/* Connections closed during the handshake, in a row, after which joining
+ * gives up: a router never does that to a client it will accept (a CURVE
+ * router closing on a plain client, or on a client naming another server
+ * key, races with the client's own diagnosis and may just hang up). */
+#define JOIN_HANDSHAKES_LOST 5
 
 typedef struct {
     void *sock;
@@ -48,6 +65,11 @@ typedef struct {
     zmq_msg_t in;           /* first frame of each incoming message */
     zmq_msg_t drop;         /* surplus frames of malformed messages */
     uint64_t nodd;          /* log limiter: unexpected messages */
+    int curve;              /* a CURVE client */
+    char curve_pub[SS_Z85_KEY];  /* its public key, for messages */
+    void *mon;              /* handshake monitor while joining (may be NULL) */
+    int hs_open;            /* connected, handshake not done yet */
+    int hs_lost;            /* connections closed during the handshake, in a row */
 } peer;
 
 static int env_int(const char *name, int dflt)
@@ -72,6 +94,9 @@ void ss_link_opts_init(ss_link_opts *o)
     o->heartbeat_ms = env_int("SS_HEARTBEAT_MS", 250);
     o->liveness_ms = env_int("SS_LIVENESS_MS", 3000);
     o->join_timeout_ms = 10000;
+    const char *key = getenv("SS_CURVE_KEY"), *server = getenv("SS_CURVE_SERVER");
+    o->curve_key = key && *key ? key : NULL;
+    o->curve_server = server && *server ? server : NULL;
 }
 
 int ss_endpoint_attach(void *socket, const char *addr)
@@ -135,6 +160,18 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
         p->liveness_ms = 2 * p->heartbeat_ms;
     p->join_timeout_ms = o->join_timeout_ms > 0 ? o->join_timeout_ms : 10000;
 
+    int has_key = o->curve_key && *o->curve_key, has_server = o->curve_server && *o->curve_server;
+    if (has_key != has_server) {
+        snprintf(err, errlen, "CurveZMQ on the link to %s needs two key files: %s is set, "
+                 "but not %s", addr,
+                 has_key ? "this client's secret key (SS_CURVE_KEY)"
+                         : "the router's public key (SS_CURVE_SERVER)",
+                 has_key ? "the router's public key file (SS_CURVE_SERVER)"
+                         : "this client's secret key file (SS_CURVE_KEY)");
+        return SS_ERR_USAGE;
+    }
+    p->curve = has_key;
+
     p->sock = zmq_socket(zctx, ZMQ_DEALER);
     if (!p->sock) {
         snprintf(err, errlen, "cannot create a socket for %s: %s", addr, zmq_strerror(errno));
@@ -153,6 +190,23 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
         snprintf(err, errlen, "cannot set socket options for %s: %s", addr, zmq_strerror(errno));
         return SS_ERR_IO;
     }
+    if (p->curve) {
+        char why[1024];
+        int ivl = LINK_HANDSHAKE_MS;
+        ss_err rc = ss_curve_client_setup_files(p->sock, o->curve_key, o->curve_server,
+                                                p->curve_pub, why, sizeof why);
+        if (rc == SS_OK && zmq_setsockopt(p->sock, ZMQ_HANDSHAKE_IVL, &ivl, sizeof ivl) != 0) {
+            snprintf(why, sizeof why, "cannot set the handshake interval: %s", zmq_strerror(errno));
+            rc = SS_ERR_IO;
+        }
+        if (rc != SS_OK) {
+            snprintf(err, errlen, "CurveZMQ on the link to %s: %s", addr, why);
+            return rc;
+        }
+    }
+    /* Diagnosis only: without a monitor a refusal shows as a join timeout. */
+    char ignored[128];
+    p->mon = ss_curve_monitor_open(zctx, p->sock, JOIN_EVENTS, ignored, sizeof ignored);
     if (ss_endpoint_attach(p->sock, addr) != 0) {
         int en = errno;
         snprintf(err, errlen, "cannot %s %s: %s", strchr(addr, '*') ? "bind" : "connect to",
@@ -164,6 +218,7 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
 
 static void peer_close(peer *p, int leave)
 {
+    ss_curve_monitor_close(p->sock, &p->mon);
     if (p->sock) {
         if (leave && !p->dead)
             send_link(p, SS_LINK_LEAVE, 0, 0, 0, 0);
@@ -172,6 +227,57 @@ static void peer_close(peer *p, int leave)
     }
     zmq_msg_close(&p->in);
     zmq_msg_close(&p->drop);
+}
+
+/* A handshake event while joining: SS_OK to keep waiting, or an error with
+ * a message when the router will never let this link in as configured. */
+static ss_err join_event(peer *p, uint16_t event, uint32_t value, char *err, size_t errlen)
+{
+    switch (event) {
+    case ZMQ_EVENT_CONNECTED:
+        p->hs_open = 1;
+        return SS_OK;
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        p->hs_open = 0;
+        p->hs_lost = 0;
+        return SS_OK;
+    case ZMQ_EVENT_DISCONNECTED:
+        if (!p->hs_open)
+            return SS_OK;
+        p->hs_open = 0;
+        if (++p->hs_lost < JOIN_HANDSHAKES_LOST)
+            return SS_OK;
+        if (p->curve)
+            snprintf(err, errlen, "the router at %s closed the connection during the CurveZMQ "
+                     "handshake %d times in a row: is SS_CURVE_SERVER the public key of this "
+                     "router, and is it a CurveZMQ router (--curve-key)?", p->addr, p->hs_lost);
+        else
+            snprintf(err, errlen, "the router at %s closed the connection during the handshake "
+                     "%d times in a row: it probably requires CurveZMQ: set SS_CURVE_KEY to this "
+                     "client's secret key file and SS_CURVE_SERVER to the router's public key "
+                     "file (docs/curve.md)", p->addr, p->hs_lost);
+        return SS_ERR_CRYPTO;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        snprintf(err, errlen, "the router at %s refused this client's CurveZMQ key (public key "
+                 "%s, status %u): add it to the router's allow-list (--curve-allow)", p->addr,
+                 p->curve ? p->curve_pub : "none", (unsigned)value);
+        return SS_ERR_CRYPTO;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            if (p->curve)
+                snprintf(err, errlen, "the router at %s does not use CurveZMQ, but this link "
+                         "does (SS_CURVE_KEY and SS_CURVE_SERVER are set): configure the router "
+                         "with --curve-key and --curve-allow, or unset them", p->addr);
+            else
+                snprintf(err, errlen, "the router at %s requires CurveZMQ: set SS_CURVE_KEY "
+                         "to this client's secret key file and SS_CURVE_SERVER to the router's "
+                         "public key file (docs/curve.md)", p->addr);
+            return SS_ERR_CRYPTO;
+        }
+        return SS_OK;
+    default:
+        return SS_OK;
+    }
 }
 
 /* Send JOIN and wait for WELCOME, at most join_timeout_ms. */
@@ -187,8 +293,8 @@ static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
         int64_t left = deadline - ss_now_ms();
         if (left <= 0)
             break;
-        zmq_pollitem_t it = { p->sock, 0, ZMQ_POLLIN, 0 };
-        int rc = zmq_poll(&it, 1, (long)left);
+        zmq_pollitem_t it[2] = { { p->sock, 0, ZMQ_POLLIN, 0 }, { p->mon, 0, ZMQ_POLLIN, 0 } };
+        int rc = zmq_poll(it, p->mon ? 2 : 1, (long)left);
         if (rc < 0 && errno != EINTR) {
             snprintf(err, errlen, "waiting for the router at %s: %s", p->addr, zmq_strerror(errno));
             return SS_ERR_IO;
@@ -199,12 +305,25 @@ static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
             drain_frames(p, &p->in);
             if (ok && l.kind == SS_LINK_WELCOME) {
                 p->heard = ss_now_ms();
+                ss_curve_monitor_close(p->sock, &p->mon);
                 return SS_OK;
             }
         }
+        uint16_t event;
+        uint32_t value;
+        while (p->mon && ss_curve_monitor_read(p->mon, &event, &value) > 0) {
+            ss_err e = join_event(p, event, value, err, errlen);
+            if (e != SS_OK)
+                return e;
+        }
     }
-    snprintf(err, errlen, "no router answered at %s within %g s", p->addr,
-             p->join_timeout_ms / 1000.0);
+    if (p->curve)
+        snprintf(err, errlen, "no router answered at %s within %g s (with CurveZMQ: is this "
+                 "client's key in the router's allow-list?)", p->addr,
+                 p->join_timeout_ms / 1000.0);
+    else
+        snprintf(err, errlen, "no router answered at %s within %g s", p->addr,
+                 p->join_timeout_ms / 1000.0);
     return SS_ERR_TIMEOUT;
 }
 

@@ -35,10 +35,23 @@ typedef struct {
     int heartbeat_ms;     /* default 250 */
     int liveness_ms;      /* default 3000 */
     int join_timeout_ms;  /* give up joining after this long (default 10000) */
+    const char *curve_key;    /* CurveZMQ: this client's secret key file (docs/curve.md);
+                                 default $SS_CURVE_KEY; not copied */
+    const char *curve_server; /* CurveZMQ: the router's public key file (.pub);
+                                 default $SS_CURVE_SERVER; not copied */
 } ss_link_opts;
 
-/* Fill opts with the defaults above (and SS_HEARTBEAT_MS / SS_LIVENESS_MS
- * from the environment when set). The stream is SS_DEFAULT_STREAM. */
+/* Fill opts with the defaults above (and SS_HEARTBEAT_MS / SS_LIVENESS_MS,
+ * SS_CURVE_KEY / SS_CURVE_SERVER from the environment when set and not
+ * empty). The stream is SS_DEFAULT_STREAM.
+ *
+ * CurveZMQ: with both curve_key and curve_server the link's socket is a
+ * CURVE client of the router (the keys are read by ss_producer_new and
+ * ss_consumer_new); with neither, the link is plain; with only one, those
+ * constructors fail with SS_ERR_USAGE naming what is missing. A router that
+ * refuses the client's key makes them fail with SS_ERR_CRYPTO ("the router
+ * at ADDR refused this client's CurveZMQ key ..."), as does a mismatch of
+ * CurveZMQ and plain between link and router. */
 void ss_link_opts_init(ss_link_opts *o);
 
 /* Bind when addr contains '*', else connect. Returns -1 and sets errno. */

@@ -9,6 +9,9 @@
  *     sockets.
  *  2. the sockets: two ROUTER sockets polled together, a bounded number of
  *     messages read from each in turn per round, frames handed to the state.
+ *     With CurveZMQ (docs/curve.md) both are CURVE servers; the same loop
+ *     answers the ZAP handler's requests and reads the sockets' monitors,
+ *     which report clients that fail the handshake before ZAP is asked.
  *
  * Invariants of the state:
  *  - a batch is in exactly one place: the queue, one consumer's unacked list,
@@ -26,11 +29,13 @@
  */
 #include "router.h"
 
+#include "curve.h"
 #include "link.h"
 #include "router_state.h"
 
 #include <errno.h>
 #include <msgpack.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1132,6 +1137,11 @@ void ss_router_state_destroy(ss_router_state_t **sp)
 /* The socket drops a peer sending a frame above this; messages between
  * SS_MAX_MESSAGE and this are read, refused and counted by the state. */
 #define ROUTER_MAX_FRAME (2 * (int64_t)SS_MAX_MESSAGE)
+#define ROUTER_HANDSHAKE_MS 5000   /* CurveZMQ: a client's handshake must be done by then */
+#define ROUTER_MON_EVENTS (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+/* A refused client reconnects every 100 ms: one line per kind of failure
+ * and side at most this often, with the count of those not logged. */
+#define HS_LOG_EVERY_MS 10000
 
 struct ss_router {
     void *sock[2];                       /* SS_SIDE_FRONTEND, SS_SIDE_BACKEND */
@@ -1140,6 +1150,13 @@ struct ss_router {
     int linger_ms;
     ss_router_state_t *st;
     zmq_msg_t in[2 + SS_ROUTER_MAX_PARTS];   /* routing id, frames, surplus */
+    ss_curve_zap_t *zap;                 /* CurveZMQ: the ZAP handler, or NULL */
+    void *mon[2];                        /* CurveZMQ: handshake monitors (may be NULL) */
+    uint64_t hs_refused;                 /* handshakes failed before ZAP */
+    struct {
+        int64_t at;                      /* last line logged (0: none yet) */
+        uint64_t quiet;                  /* failures since, not logged */
+    } hs_log[2][3];                      /* per side: mismatch, decryption, other */
 };
 
 static int env_int(const char *name, int dflt)
@@ -1216,12 +1233,99 @@ static int read_one(ss_router_t *r, int side)
     return 1;
 }
 
+/* A handshake failure on a side's socket, reported by its monitor (which
+ * does not say who the client was). A ZAP refusal (HANDSHAKE_FAILED_AUTH)
+ * is the ZAP handler's to log and count. */
+static void handshake_failed(ss_router_t *r, int side, uint16_t event, uint32_t value)
+{
+    const char *why;
+    char buf[64];
+    int kind = 2;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+        && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+        why = "it does not use CurveZMQ (set SS_CURVE_KEY and SS_CURVE_SERVER for it)";
+        kind = 0;
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+               && value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) {
+        why = "its CurveZMQ handshake does not decrypt (is its SS_CURVE_SERVER this router's "
+              "public key?)";
+        kind = 1;
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        snprintf(buf, sizeof buf, "handshake protocol error 0x%08x", (unsigned)value);
+        why = buf;
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+        why = "the handshake did not complete (the client hung up or timed out: does it use "
+              "CurveZMQ with this router's public key?)";
+    } else {
+        return;
+    }
+    r->hs_refused++;
+    int64_t now = ss_now_ms();
+    if (r->hs_log[side][kind].at && now - r->hs_log[side][kind].at < HS_LOG_EVERY_MS) {
+        r->hs_log[side][kind].quiet++;
+        return;
+    }
+    char more[80] = "";
+    if (r->hs_log[side][kind].quiet)
+        snprintf(more, sizeof more, " (%llu more like it in the last %lld s)",
+                 (unsigned long long)r->hs_log[side][kind].quiet,
+                 (long long)(now - r->hs_log[side][kind].at) / 1000);
+    r->hs_log[side][kind].at = now;
+    r->hs_log[side][kind].quiet = 0;
+    ss_log("refused a client on the %s (%s): %s%s",
+           side == SS_SIDE_FRONTEND ? "frontend" : "backend", r->endpoint[side], why, more);
+}
+
+/* CurveZMQ, before any socket exists: the router's key pair into pub/sec,
+ * and the ZAP handler (libzmq lets every client in when none is bound). */
+static ss_err curve_begin(ss_router_t *r, void *zctx, const ss_router_opts *o,
+                          char pub[SS_Z85_KEY], char sec[SS_Z85_KEY], char *err, size_t errlen)
+{
+    char why[1024];
+    ss_err rc = ss_curve_load_secret(o->curve_key, pub, sec, why, sizeof why);
+    if (rc != SS_OK) {
+        snprintf(err, errlen, "the router's CurveZMQ key: %s", why);
+        return rc;
+    }
+    rc = ss_curve_zap_new(zctx, o->curve_allow, &r->zap, why, sizeof why);
+    if (rc != SS_OK)
+        snprintf(err, errlen, "the router's CurveZMQ allow-list: %s", why);
+    return rc;
+}
+
+/* CurveZMQ on one socket, before it binds: server key, handshake bound,
+ * monitor of failed handshakes (diagnosis only: may stay NULL). */
+static ss_err curve_socket(ss_router_t *r, void *zctx, int side, const char *sec,
+                           char *err, size_t errlen)
+{
+    char why[1024];
+    int ivl = ROUTER_HANDSHAKE_MS;
+    ss_err rc = ss_curve_server_setup(r->sock[side], sec, why, sizeof why);
+    if (rc == SS_OK && zmq_setsockopt(r->sock[side], ZMQ_HANDSHAKE_IVL, &ivl, sizeof ivl) != 0) {
+        snprintf(why, sizeof why, "cannot set the handshake interval: %s", zmq_strerror(errno));
+        rc = SS_ERR_IO;
+    }
+    if (rc != SS_OK) {
+        snprintf(err, errlen, "the router's %s: %s", side ? "backend" : "frontend", why);
+        return rc;
+    }
+    r->mon[side] = ss_curve_monitor_open(zctx, r->sock[side], ROUTER_MON_EVENTS, why, sizeof why);
+    return SS_OK;
+}
+
 ss_err ss_router_new(void *zctx, const ss_router_opts *o, ss_router_t **out,
                      char *err, size_t errlen)
 {
     *out = NULL;
     if (!o->frontend || !*o->frontend || !o->backend || !*o->backend) {
         snprintf(err, errlen, "the router needs a frontend and a backend address");
+        return SS_ERR_USAGE;
+    }
+    int has_key = o->curve_key && *o->curve_key, has_allow = o->curve_allow && *o->curve_allow;
+    if (has_key != has_allow) {
+        snprintf(err, errlen, "CurveZMQ on the router needs both its secret key file "
+                 "(--curve-key) and the allow-list of client keys (--curve-allow); only %s "
+                 "was given", has_key ? "the key" : "the allow-list");
         return SS_ERR_USAGE;
     }
     if (o->heartbeat_ms <= 0 || o->liveness_ms <= o->heartbeat_ms || o->linger_ms < 0) {
@@ -1243,6 +1347,9 @@ ss_err ss_router_new(void *zctx, const ss_router_opts *o, ss_router_t **out,
     ss_err rc = SS_ERR_IO;
     const char *addr[2] = { o->frontend, o->backend };
     const char *what[2] = { "frontend", "backend" };
+    char pub[SS_Z85_KEY], sec[SS_Z85_KEY] = "";
+    if (has_key && (rc = curve_begin(r, zctx, o, pub, sec, err, errlen)) != SS_OK)
+        goto fail;
     for (int side = 0; side < 2; side++) {
         int one = 1, zero = 0, hwm = ROUTER_RCVHWM, linger = ROUTER_LINGER_MS;
         int64_t maxmsg = ROUTER_MAX_FRAME;
@@ -1260,6 +1367,8 @@ ss_err ss_router_new(void *zctx, const ss_router_opts *o, ss_router_t **out,
             snprintf(err, errlen, "cannot set %s socket options: %s", what[side], zmq_strerror(errno));
             goto fail;
         }
+        if (has_key && (rc = curve_socket(r, zctx, side, sec, err, errlen)) != SS_OK)
+            goto fail;
         if (zmq_bind(sock, addr[side]) != 0) {
             snprintf(err, errlen, "cannot bind the %s to %s: %s", what[side], addr[side],
                      zmq_strerror(errno));
@@ -1274,9 +1383,14 @@ ss_err ss_router_new(void *zctx, const ss_router_opts *o, ss_router_t **out,
         rc = SS_ERR_NOMEM;
         goto fail;
     }
+    sodium_memzero(sec, sizeof sec);
+    if (has_key)
+        ss_log("CurveZMQ: server public key %s; %zu client keys allowed (%s)", pub,
+               ss_curve_zap_allowed(r->zap), o->curve_allow);
     *out = r;
     return SS_OK;
 fail:
+    sodium_memzero(sec, sizeof sec);
     ss_router_destroy(&r);
     return rc;
 }
@@ -1293,10 +1407,19 @@ const char *ss_router_backend(const ss_router_t *r)
 
 ss_err ss_router_run(ss_router_t *r, volatile int *stop)
 {
-    zmq_pollitem_t items[2] = {
+    /* The router sockets, then (CurveZMQ) the ZAP handler and the monitors. */
+    zmq_pollitem_t items[5] = {
         { r->sock[SS_SIDE_FRONTEND], 0, ZMQ_POLLIN, 0 },
         { r->sock[SS_SIDE_BACKEND], 0, ZMQ_POLLIN, 0 },
     };
+    int nitems = 2, mon_at[2] = { -1, -1 };
+    if (r->zap)
+        items[nitems++] = (zmq_pollitem_t){ ss_curve_zap_socket(r->zap), 0, ZMQ_POLLIN, 0 };
+    for (int side = 0; side < 2; side++)
+        if (r->mon[side]) {
+            mon_at[side] = nitems;
+            items[nitems++] = (zmq_pollitem_t){ r->mon[side], 0, ZMQ_POLLIN, 0 };
+        }
     int64_t next_tick = 0, done_at;
     for (;;) {
         int64_t now = ss_now_ms();
@@ -1313,7 +1436,7 @@ ss_err ss_router_run(ss_router_t *r, volatile int *stop)
         if (done && done_at + r->linger_ms < wake)
             wake = done_at + r->linger_ms;
         long timeout = wake > now ? (long)(wake - now) : 0;
-        if (zmq_poll(items, 2, timeout) < 0) {
+        if (zmq_poll(items, nitems, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == ETERM)
@@ -1338,6 +1461,19 @@ ss_err ss_router_run(ss_router_t *r, volatile int *stop)
             if (!got)
                 break;
         }
+        if (r->zap && (items[2].revents & ZMQ_POLLIN)) {
+            ss_err e = ss_curve_zap_serve(r->zap);
+            if (e != SS_OK)
+                return e;
+        }
+        for (int side = 0; side < 2; side++) {
+            uint16_t event;
+            uint32_t value;
+            if (mon_at[side] < 0 || !(items[mon_at[side]].revents & ZMQ_POLLIN))
+                continue;
+            while (ss_curve_monitor_read(r->mon[side], &event, &value) > 0)
+                handshake_failed(r, side, event, value);
+        }
         now = ss_now_ms();
         if (now >= next_tick) {
             ss_router_state_tick(r->st, now);
@@ -1349,6 +1485,7 @@ ss_err ss_router_run(ss_router_t *r, volatile int *stop)
 void ss_router_get_stats(const ss_router_t *r, ss_router_stats *s)
 {
     ss_router_state_stats(r->st, s);
+    s->auth_refused = r->hs_refused + (r->zap ? ss_curve_zap_refused(r->zap) : 0);
 }
 
 void ss_router_destroy(ss_router_t **rp)
@@ -1357,9 +1494,12 @@ void ss_router_destroy(ss_router_t **rp)
         return;
     ss_router_t *r = *rp;
     ss_router_state_destroy(&r->st);
-    for (int side = 0; side < 2; side++)
+    for (int side = 0; side < 2; side++) {
+        ss_curve_monitor_close(r->sock[side], &r->mon[side]);
         if (r->sock[side])
             zmq_close(r->sock[side]);
+    }
+    ss_curve_zap_destroy(&r->zap);   /* after the sockets it serves */
     for (size_t i = 0; i < sizeof r->in / sizeof r->in[0]; i++)
         zmq_msg_close(&r->in[i]);
     free(r);

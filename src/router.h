@@ -22,6 +22,10 @@ typedef struct {
     int liveness_ms;        /* default 3000 */
     int linger_ms;          /* after end of stream, keep answering late
                                joiners this long before exiting (default 0) */
+    const char *curve_key;  /* CurveZMQ: the router's secret key file, or NULL */
+    const char *curve_allow;/* CurveZMQ: the allow-list of client public keys (a
+                               directory of *.pub files, a .pub file or a list;
+                               docs/curve.md), or NULL */
 } ss_router_opts;
 
 /* Defaults: name "router", stream SS_DEFAULT_STREAM, max_bytes 64 MiB,
@@ -31,7 +35,16 @@ void ss_router_opts_init(ss_router_opts *o);
 
 /* Bind both sockets (a router always binds, '*' or not). On failure
  * returns SS_ERR_USAGE (missing address, heartbeat not below liveness) or
- * SS_ERR_IO and writes a message naming the address into err. */
+ * SS_ERR_IO and writes a message naming the address into err.
+ *
+ * CurveZMQ: with curve_key and curve_allow both sockets are CURVE servers
+ * and a ZAP handler bound in `zctx` before them (one CurveZMQ router per
+ * context) lets in only clients whose public key is in the allow-list; it
+ * runs in ss_router_run's loop. Refused handshakes, and clients that do not
+ * speak CurveZMQ, are logged (first occurrences) and counted in
+ * auth_refused. Only one of the two: SS_ERR_USAGE. A key file or allow-list
+ * that does not load: its error (SS_ERR_IO, SS_ERR_FORMAT, SS_ERR_CRYPTO,
+ * SS_ERR_USAGE) with a message naming the file. */
 ss_err ss_router_new(void *zctx, const ss_router_opts *o, ss_router_t **out,
                      char *err, size_t errlen);
 
@@ -52,6 +65,8 @@ typedef struct {
     uint64_t duplicates;     /* batches dropped by lineage deduplication */
     uint64_t redelivered;    /* batches returned to the queue by a consumer's death */
     uint64_t refused;        /* messages not in our format, another stream, too big */
+    uint64_t auth_refused;   /* CurveZMQ: handshakes refused (key not allowed, or
+                                the client does not speak CurveZMQ); 0 when plain */
     uint64_t bytes_held, bytes_held_max;  /* queued plus unacknowledged, now and peak */
     unsigned producers, consumers;        /* live members */
 } ss_router_stats;

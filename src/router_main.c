@@ -5,6 +5,9 @@
  * environment variables FROM (producers' side) and TO (consumers' side).
  * With --ready-fd the parent learns the endpoints actually bound (useful with
  * tcp://127.0.0.1:*) from one line written once both sockets are bound.
+ * With --curve-key and --curve-allow (or SS_CURVE_ROUTER_KEY and
+ * SS_CURVE_ALLOW) both sockets are CurveZMQ servers that let in only the
+ * allowed client keys (docs/curve.md).
  * Exit status: 0 after end of stream or a stop by SIGINT/SIGTERM, 1 on a
  * runtime error, 2 on a usage error.
  */
@@ -36,6 +39,7 @@ static void usage(FILE *out)
         "usage: securestreams router [--from ADDR] [--to ADDR] [--name NAME] [--stream ID]\n"
         "                            [--max-bytes N] [--heartbeat-ms N] [--liveness-ms N]\n"
         "                            [--linger-ms N] [--ready-fd FD]\n"
+        "                            [--curve-key FILE --curve-allow PATH]\n"
         "\n"
         "Rendezvous between two pipeline stages: producers connect to --from, consumers\n"
         "to --to; see docs/protocol.md. The router exits once end of stream has been\n"
@@ -50,6 +54,11 @@ static void usage(FILE *out)
         "  --liveness-ms N     a silent peer is dead after this (default 3000)\n"
         "  --linger-ms N       keep answering late joiners this long after the end (default 0)\n"
         "  --ready-fd FD       once bound, write \"ready FRONTEND BACKEND\\n\" to FD and close it\n"
+        "  --curve-key FILE    CurveZMQ: this router's secret key file, from\n"
+        "                      `securestreams keygen --curve` (default: $SS_CURVE_ROUTER_KEY)\n"
+        "  --curve-allow PATH  CurveZMQ: the client public keys let in: a directory of *.pub\n"
+        "                      files, one .pub file, or a file listing Z85 keys or .pub paths\n"
+        "                      one per line (default: $SS_CURVE_ALLOW); see docs/curve.md\n"
         "  --help              this text\n",
         SS_DEFAULT_STREAM);
 }
@@ -102,6 +111,8 @@ int ss_cmd_router(int argc, char **argv)
         { "liveness-ms", required_argument, NULL, 'L' },
         { "linger-ms", required_argument, NULL, 'g' },
         { "ready-fd", required_argument, NULL, 'r' },
+        { "curve-key", required_argument, NULL, 'k' },
+        { "curve-allow", required_argument, NULL, 'a' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -110,6 +121,8 @@ int ss_cmd_router(int argc, char **argv)
     ss_router_opts_init(&o);
     o.frontend = getenv("FROM");
     o.backend = getenv("TO");
+    o.curve_key = getenv("SS_CURVE_ROUTER_KEY");
+    o.curve_allow = getenv("SS_CURVE_ALLOW");
     const char *stream_env = getenv("SS_STREAM");
     const char *stream_arg = stream_env && *stream_env ? stream_env : NULL;
     int ready_fd = -1;
@@ -149,6 +162,8 @@ int ss_cmd_router(int argc, char **argv)
             }
             ready_fd = (int)v;
             break;
+        case 'k': o.curve_key = optarg; break;
+        case 'a': o.curve_allow = optarg; break;
         case 'h':
             usage(stdout);
             return 0;
@@ -182,6 +197,17 @@ int ss_cmd_router(int argc, char **argv)
     if (o.heartbeat_ms <= 0 || o.liveness_ms <= o.heartbeat_ms) {
         fprintf(stderr, "router: --heartbeat-ms (%d) must be positive and below --liveness-ms (%d)\n",
                 o.heartbeat_ms, o.liveness_ms);
+        return 2;
+    }
+    if (o.curve_key && !*o.curve_key)
+        o.curve_key = NULL;
+    if (o.curve_allow && !*o.curve_allow)
+        o.curve_allow = NULL;
+    if (!o.curve_key != !o.curve_allow) {
+        fprintf(stderr, "router: CurveZMQ needs both --curve-key FILE (this router's secret key, "
+                        "or $SS_CURVE_ROUTER_KEY) and --curve-allow PATH (the client keys let in, "
+                        "or $SS_CURVE_ALLOW); only %s was given\n",
+                o.curve_key ? "--curve-key" : "--curve-allow");
         return 2;
     }
     snprintf(logname, sizeof logname, "%s", o.name);
@@ -225,11 +251,15 @@ int ss_cmd_router(int argc, char **argv)
 
     ss_router_stats st;
     ss_router_get_stats(r, &st);
+    char auth[64] = "";
+    if (o.curve_key)
+        snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu",
+                 (unsigned long long)st.auth_refused);
     ss_log("batches in %llu, out %llu, duplicates %llu, redelivered %llu, refused %llu, "
-           "peak held %llu bytes", (unsigned long long)st.batches_in,
+           "peak held %llu bytes%s", (unsigned long long)st.batches_in,
            (unsigned long long)st.batches_out, (unsigned long long)st.duplicates,
            (unsigned long long)st.redelivered, (unsigned long long)st.refused,
-           (unsigned long long)st.bytes_held_max);
+           (unsigned long long)st.bytes_held_max, auth);
 out:
     ss_router_destroy(&r);
     if (zctx)
