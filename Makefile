@@ -1,5 +1,5 @@
 # SecureStreams: one binary, `securestreams`, and its tests.
-#   make demo       install dependencies, build, run the delayed-flights pipeline
+#   make demo       install dependencies, build, run the delayed-flights pipeline (encrypted)
 #   make check      install dependencies, build, run every test
 #   make            build build/securestreams
 #   make test       build and run every test (unit and integration)
@@ -21,9 +21,9 @@ OBJS     = $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS)) $(BUILD)/luasrc.o
 LIB_OBJS = $(filter-out $(BUILD)/main.o,$(OBJS))
 TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all test unit asan install clean deps demo check bench
+.PHONY: all test unit asan install clean deps demo check bench sgx
 ROWS     ?= 1000000
-SECURITY ?= plain
+SECURITY ?= encrypted
 WORKERS  ?= 2
 all: $(BUILD)/securestreams
 
@@ -48,8 +48,12 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
 
+$(BUILD)/memscan: tools/memscan.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -o $@ $<
+
 unit: $(TESTS)
-test: all $(TESTS)
+test: all $(TESTS) $(BUILD)/memscan
 	tests/run.sh $(BUILD)
 
 asan:
@@ -62,6 +66,10 @@ install: $(BUILD)/securestreams
 deps:
 	./scripts/install-deps
 
+# The SGX backend's enclave, built and signed with Gramine (untested here).
+sgx: all
+	$(MAKE) -C sgx
+
 bench: all
 	scripts/bench $(ROWS) 1
 	scripts/bench $(ROWS) $(WORKERS)
@@ -73,8 +81,9 @@ demo: deps
 	$(MAKE) all
 	@mkdir -p out
 	@test -s out/flights-$(ROWS).csv || $(BUILD)/securestreams gen flights --rows $(ROWS) -o out/flights-$(ROWS).csv
+	@test -s out/demo.key || $(BUILD)/securestreams keygen -o out/demo.key
 	$(BUILD)/securestreams run examples/flights/flights.spec.lua --input out/flights-$(ROWS).csv \
-	    --security $(SECURITY) --workers $(WORKERS)
+	    --security $(SECURITY) --key out/demo.key --workers $(WORKERS)
 
 clean:
 	rm -rf build build-asan

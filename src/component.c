@@ -28,7 +28,8 @@ static void usage(FILE *f, const char *role)
             "  --stage NAME      stage name in the statistics\n"
             "  --on-error MODE   skip (count and log bad records) or fail (stop)\n"
             "  --stream ID       pipeline id shared by every component\n"
-            "  --ready-fd FD     write \"ready\" to FD once joined to the router(s)\n",
+            "  --ready-fd FD     write \"ready\" to FD once joined to the router(s)\n"
+            "  --key FILE        data key: the encrypted mode (env SS_KEY_FILE)\n",
             role, sink ? "" : " --to ADDR",
             sink ? "Receive the end of a pipeline and run the sink script's callbacks;\n"
                    "prints a summary to stderr. Exit 4 when a source batch is unaccounted for."
@@ -47,7 +48,8 @@ static int run_component(const char *role, int argc, char **argv)
         { "script", required_argument, 0, 's' }, { "name", required_argument, 0, 'n' },
         { "stage", required_argument, 0, 'g' }, { "on-error", required_argument, 0, 'e' },
         { "stream", required_argument, 0, 'S' }, { "pos", required_argument, 0, 'p' },
-        { "ready-fd", required_argument, 0, 'r' }, { "help", no_argument, 0, 'h' },
+        { "ready-fd", required_argument, 0, 'r' }, { "key", required_argument, 0, 'k' },
+        { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
     const char *from = getenv("FROM"), *to = getenv("TO"), *script = NULL, *name = role;
     int c;
@@ -63,6 +65,7 @@ static int run_component(const char *role, int argc, char **argv)
         case 'S': setenv("SS_STREAM", optarg, 1); break;
         case 'p': setenv("SS_POS", optarg, 1); break;
         case 'r': setenv("SS_READY_FD", optarg, 1); break;
+        case 'k': setenv("SS_KEY_FILE", optarg, 1); break;
         case 'h': usage(stdout, role); return SS_EXIT_OK;
         default:
             fprintf(stderr, "securestreams %s: unknown option %s\n", role, argv[optind - 1]);

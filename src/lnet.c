@@ -9,11 +9,13 @@
  * All errors are raised as Lua errors with a message naming the address.
  */
 #include "codec.h"
+#include "envelope.h"
 #include "frame.h"
 #include "link.h"
 #include "lstate.h"
 
 #include <lauxlib.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +29,8 @@
 #define CONSUMER_MT "securestreams.consumer"
 #define PRODUCER_MT "securestreams.producer"
 #define WRITER_MT "securestreams.writer"
+#define KEY_MT "securestreams.key"
+#define RAW_MT "securestreams.raw"
 #define RECEIPT_RING 256
 
 static void *zctx;
@@ -65,11 +69,195 @@ static void read_opts(lua_State *L, int idx, ss_link_opts *o, char *name, size_t
     lua_pop(L, 4);
 }
 
+/* ---- raw sockets: any ZeroMQ socket, for tools and protocol tests ---- */
+
+typedef struct {
+    void *sock;
+} lraw;
+
+/* net.raw("router" | "dealer", addr [, identity]) -> socket; '*' binds. */
+static int net_raw(lua_State *L)
+{
+    static const char *const types[] = { "router", "dealer", NULL };
+    static const int ztypes[] = { ZMQ_ROUTER, ZMQ_DEALER };
+    int t = luaL_checkoption(L, 1, NULL, types);
+    const char *addr = luaL_checkstring(L, 2);
+    size_t idlen = 0;
+    const char *id = luaL_optlstring(L, 3, NULL, &idlen);
+    lraw *r = lua_newuserdatauv(L, sizeof *r, 0);
+    r->sock = NULL;
+    luaL_setmetatable(L, RAW_MT);
+    if (!(r->sock = zmq_socket(context(L), ztypes[t])))
+        return luaL_error(L, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+    int linger = 0;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (id)
+        zmq_setsockopt(r->sock, ZMQ_ROUTING_ID, id, idlen);
+    if (ss_endpoint_attach(r->sock, addr) != 0)
+        return luaL_error(L, "%s: %s", addr, zmq_strerror(zmq_errno()));
+    return 1;
+}
+
+static lraw *check_raw(lua_State *L)
+{
+    lraw *r = luaL_checkudata(L, 1, RAW_MT);
+    if (!r->sock)
+        luaL_error(L, "socket is closed");
+    return r;
+}
+
+/* s:endpoint() -> the address actually bound */
+static int raw_endpoint(lua_State *L)
+{
+    char buf[256];
+    size_t len = sizeof buf;
+    if (zmq_getsockopt(check_raw(L)->sock, ZMQ_LAST_ENDPOINT, buf, &len) != 0)
+        return luaL_error(L, "zmq_getsockopt: %s", zmq_strerror(zmq_errno()));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* s:send(frame, frame, ...) sends one multipart message */
+static int raw_send(lua_State *L)
+{
+    lraw *r = check_raw(L);
+    int n = lua_gettop(L);
+    for (int i = 2; i <= n; i++) {
+        size_t len;
+        const char *f = luaL_checklstring(L, i, &len);
+        if (zmq_send(r->sock, f, len, i < n ? ZMQ_SNDMORE : 0) < 0)
+            return luaL_error(L, "zmq_send: %s", zmq_strerror(zmq_errno()));
+    }
+    return 0;
+}
+
+/* s:recv(timeout_ms) -> nil | { frames... } */
+static int raw_recv(lua_State *L)
+{
+    lraw *r = check_raw(L);
+    zmq_pollitem_t it = { r->sock, 0, ZMQ_POLLIN, 0 };
+    if (zmq_poll(&it, 1, (long)luaL_optinteger(L, 2, -1)) <= 0)
+        return 0;
+    lua_newtable(L);
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    for (int i = 1;; i++) {
+        if (zmq_msg_recv(&m, r->sock, 0) < 0) {
+            zmq_msg_close(&m);
+            return luaL_error(L, "zmq_msg_recv: %s", zmq_strerror(zmq_errno()));
+        }
+        lua_pushlstring(L, zmq_msg_data(&m), zmq_msg_size(&m));
+        lua_rawseti(L, -2, i);
+        if (!zmq_msg_more(&m))
+            break;
+    }
+    zmq_msg_close(&m);
+    return 1;
+}
+
+static int raw_close(lua_State *L)
+{
+    lraw *r = luaL_checkudata(L, 1, RAW_MT);
+    if (r->sock)
+        zmq_close(r->sock);
+    r->sock = NULL;
+    return 0;
+}
+
+/* net.decode(s) -> the Lua value of a MessagePack document */
+static int net_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (ss_codec_decode(L, s, len) != SS_OK)
+        return luaL_error(L, "not a MessagePack document");
+    return 1;
+}
+
+/* ---- data keys ---- */
+
+typedef struct {
+    ss_key_t key;
+    ss_envelope_t *env;   /* for records (statistics), made on first use */
+} lkey;
+
+/* net.key(path) -> a data key; errors name the file (permissions, format). */
+static int net_key(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char err[512];
+    if (ss_crypto_init() != SS_OK)
+        return luaL_error(L, "cannot initialise the crypto library");
+    lkey *k = lua_newuserdatauv(L, sizeof *k, 0);
+    memset(k, 0, sizeof *k);
+    luaL_setmetatable(L, KEY_MT);
+    if (ss_key_load(&k->key, path, err, sizeof err) != SS_OK)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+static int key_id(lua_State *L)
+{
+    lkey *k = luaL_checkudata(L, 1, KEY_MT);
+    char hex[2 * SS_KEY_ID_BYTES + 1];
+    sodium_bin2hex(hex, sizeof hex, k->key.id, sizeof k->key.id);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+static int key_gc(lua_State *L)
+{
+    lkey *k = luaL_checkudata(L, 1, KEY_MT);
+    ss_envelope_destroy(&k->env);
+    sodium_memzero(&k->key, sizeof k->key);
+    return 0;
+}
+
+/* The optional `key` field of a link's options. */
+static const ss_key_t *opt_key(lua_State *L, int idx)
+{
+    const ss_key_t *k = NULL;
+    if (lua_istable(L, idx) && lua_getfield(L, idx, "key") != LUA_TNIL) {
+        k = &((lkey *)luaL_checkudata(L, -1, KEY_MT))->key;
+        lua_pop(L, 1);
+    } else if (lua_istable(L, idx)) {
+        lua_pop(L, 1);
+    }
+    return k;
+}
+
+/* net.open_record(key, context, sealed, n) -> table | nil, why */
+static int net_open_record(lua_State *L)
+{
+    lkey *k = luaL_checkudata(L, 1, KEY_MT);
+    const char *context = luaL_checkstring(L, 2);
+    size_t len, plen;
+    const char *sealed = luaL_checklstring(L, 3, &len);
+    uint64_t n = (uint64_t)luaL_checkinteger(L, 4);
+    const uint8_t *plain;
+    char why[200];
+    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
+        return luaL_error(L, "out of memory");
+    if (ss_envelope_open_record(k->env, n, context, sealed, len, &plain, &plen, why,
+                                sizeof why) != SS_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    if (ss_codec_decode(L, plain, plen) != SS_OK) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "authentic but not MessagePack");
+        return 2;
+    }
+    return 1;
+}
+
 /* ---- consumer ---- */
 
 typedef struct {
     ss_consumer_t *c;
     uint64_t id;
+    ss_envelope_t *env;   /* set in the encrypted modes: every batch must open */
 } lconsumer;
 
 static lconsumer *check_consumer(lua_State *L)
@@ -88,10 +276,14 @@ static int net_consumer(lua_State *L)
     read_opts(L, 2, &o, name, sizeof name);
     if (!o.id)
         o.id = ss_random_id();
+    const ss_key_t *key = opt_key(L, 2);
     lconsumer *lc = lua_newuserdatauv(L, sizeof *lc, 0);
     lc->c = NULL;
+    lc->env = NULL;
     lc->id = o.id;
     luaL_setmetatable(L, CONSUMER_MT);
+    if (key && ss_envelope_new(key, &lc->env) != SS_OK)
+        return luaL_error(L, "out of memory");
     ss_err e = ss_consumer_new(context(L), addr, &o, &lc->c, err, sizeof err);
     if (e != SS_OK)
         return luaL_error(L, "%s", err);
@@ -107,8 +299,26 @@ static int bad_delivery(lua_State *L, int base, uint64_t tag, const char *why)
     return 3;
 }
 
+/* A batch that failed authentication: "rejected", tag, why, lineage,
+ * origin, flags, producer, seq. */
+static int rejected(lua_State *L, int base, const ss_delivery_t *d, const char *why)
+{
+    lua_settop(L, base);
+    lua_pushliteral(L, "rejected");
+    lua_pushinteger(L, (lua_Integer)d->tag);
+    lua_pushstring(L, why);
+    lua_pushlstring(L, (const char *)d->lineage, d->lineage_len);
+    lua_pushinteger(L, (lua_Integer)d->header.origin);
+    lua_pushinteger(L, d->flags);
+    lua_pushinteger(L, (lua_Integer)d->header.producer);
+    lua_pushinteger(L, (lua_Integer)d->header.seq);
+    return 8;
+}
+
 /* c:recv(timeout_ms) -> nil | kind, tag, events|eos|message, lineage, origin, flags, producer, seq
- * kind is "data", "eos" or "bad" (payload not decodable: third value is why). */
+ * kind is "data", "eos", "bad" (payload not decodable: third value is why)
+ * or "rejected" (a sealed batch that does not authenticate, or a plaintext
+ * one in the encrypted modes: third value is why). */
 static int consumer_recv(lua_State *L)
 {
     lconsumer *lc = check_consumer(L);
@@ -128,7 +338,19 @@ static int consumer_recv(lua_State *L)
             return bad_delivery(L, base, d.tag, "end-of-stream payload is not valid MessagePack");
     } else {
         ss_batch_reader r;
-        if (ss_batch_reader_init(&r, d.payload, d.payload_len) != SS_OK || r.count != d.header.count) {
+        const uint8_t *payload = d.payload;
+        size_t plen = d.payload_len;
+        if (d.header.flags & SS_HDR_SEALED) {
+            char why[200];
+            if (!lc->env)
+                return rejected(L, base, &d, "a sealed batch, and this component has no data key");
+            if (ss_envelope_open(lc->env, d.header_bytes, d.lineage, d.lineage_len, d.payload,
+                                 d.payload_len, &payload, &plen, why, sizeof why) != SS_OK)
+                return rejected(L, base, &d, why);
+        } else if (lc->env) {
+            return rejected(L, base, &d, "a plaintext batch in the encrypted mode");
+        }
+        if (ss_batch_reader_init(&r, payload, plen) != SS_OK || r.count != d.header.count) {
             snprintf(msg, sizeof msg, "batch payload is not a MessagePack array of %u events",
                      (unsigned)d.header.count);
             return bad_delivery(L, base, d.tag, msg);
@@ -152,6 +374,25 @@ static int consumer_recv(lua_State *L)
     lua_pushinteger(L, (lua_Integer)d.header.producer);
     lua_pushinteger(L, (lua_Integer)d.header.seq);
     return 8;
+}
+
+/* c:recv_raw(timeout_ms) -> nil | tag, header bytes, lineage, payload, flags:
+ * the message exactly as the router forwarded it (tools and tests). */
+static int consumer_recv_raw(lua_State *L)
+{
+    lconsumer *lc = check_consumer(L);
+    ss_delivery_t d;
+    ss_err e = ss_consumer_recv(lc->c, (int)luaL_optinteger(L, 2, -1), &d);
+    if (e == SS_ERR_TIMEOUT)
+        return 0;
+    if (e != SS_OK)
+        return luaL_error(L, "receiving: %s", ss_strerror(e));
+    lua_pushinteger(L, (lua_Integer)d.tag);
+    lua_pushlstring(L, (const char *)d.header_bytes, SS_HEADER_SIZE);
+    lua_pushlstring(L, (const char *)d.lineage, d.lineage_len);
+    lua_pushlstring(L, (const char *)d.payload, d.payload_len);
+    lua_pushinteger(L, d.flags);
+    return 5;
 }
 
 static int consumer_ack(lua_State *L)
@@ -179,6 +420,7 @@ static int consumer_close(lua_State *L)
 {
     lconsumer *lc = luaL_checkudata(L, 1, CONSUMER_MT);
     ss_consumer_destroy(&lc->c);
+    ss_envelope_destroy(&lc->env);
     return 0;
 }
 
@@ -248,6 +490,7 @@ typedef struct {
     uint64_t receipted;       /* every pubseq below this is receipted */
     uint8_t ring[RECEIPT_RING];
     ss_consumer_t *tick_consumer;
+    ss_envelope_t *env;       /* set in the encrypted modes: every batch is sealed */
 } lproducer;
 
 static void on_receipt(void *arg, uint64_t pubseq)
@@ -287,11 +530,14 @@ static int net_producer(lua_State *L)
         o.id = ss_random_id();
     if (o.window > RECEIPT_RING / 2)
         o.window = RECEIPT_RING / 2;
+    const ss_key_t *key = opt_key(L, 2);
     lproducer *lp = lua_newuserdatauv(L, sizeof *lp, 1);
     memset(lp, 0, sizeof *lp);
     lp->id = o.id;
     lp->stream = o.stream;
     luaL_setmetatable(L, PRODUCER_MT);
+    if (key && ss_envelope_new(key, &lp->env) != SS_OK)
+        return luaL_error(L, "out of memory");
     ss_err e = ss_producer_new(context(L), addr, &o, on_receipt, lp, &lp->p, err, sizeof err);
     if (e != SS_OK)
         return luaL_error(L, "%s", err);
@@ -306,7 +552,12 @@ static int publish(lua_State *L, lproducer *lp, ss_header_t *h, const char *line
     h->stream = lp->stream;
     h->producer = lp->id;
     h->seq = lp->seq;
-    ss_err e = ss_producer_publish(lp->p, h, lineage, llen, payload, plen, &pubseq);
+    const uint8_t *sealed = (const uint8_t *)payload;
+    size_t slen = plen;
+    if (lp->env && h->type == SS_MSG_DATA &&
+        ss_envelope_seal(lp->env, h, lineage, llen, payload, plen, &sealed, &slen) != SS_OK)
+        return luaL_error(L, "cannot seal a batch");
+    ss_err e = ss_producer_publish(lp->p, h, lineage, llen, sealed, slen, &pubseq);
     if (e != SS_OK)
         return luaL_error(L, "publishing: %s", ss_strerror(e));
     lp->seq++;
@@ -353,6 +604,61 @@ static int producer_publish_eos(lua_State *L)
     if (e != SS_OK)
         return luaL_error(L, "publishing end of stream: %s", ss_strerror(e));
     lp->seq++;
+    lua_pushinteger(L, (lua_Integer)pubseq);
+    return 1;
+}
+
+/* p:seal_record(context, table) -> sealed string, n: a record (statistics)
+ * sealed under this producer's session with a sequence number of its own. */
+static int producer_seal_record(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    const char *context = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (!lp->env)
+        return luaL_error(L, "seal_record needs a producer with a data key");
+    char *buf;
+    size_t len, slen;
+    if (ss_codec_encode(L, 3, &buf, &len) != SS_OK)
+        return luaL_error(L, "cannot encode the record");
+    const uint8_t *sealed;
+    uint64_t n = lp->seq++;
+    ss_err e = ss_envelope_seal_record(lp->env, n, context, buf, len, &sealed, &slen);
+    free(buf);
+    if (e != SS_OK)
+        return luaL_error(L, "cannot seal the record");
+    lua_pushlstring(L, (const char *)sealed, slen);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 2;
+}
+
+/* p:take_seq() -> a sequence number of this producer's stream, used once
+ * (for a message an enclave seals on our behalf, or a record) */
+static int producer_take_seq(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    lua_pushinteger(L, (lua_Integer)lp->seq++);
+    return 1;
+}
+
+/* p:publish_raw(header, lineage, payload) -> pubseq: a message sealed
+ * elsewhere (an enclave), sent exactly as it is; its producer must be ours. */
+static int producer_publish_raw(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    size_t hlen, llen, plen, n;
+    const char *hb = luaL_checklstring(L, 2, &hlen);
+    const char *lineage = luaL_checklstring(L, 3, &llen);
+    const char *payload = luaL_checklstring(L, 4, &plen);
+    ss_header_t h;
+    if (ss_header_decode(hb, hlen, &h) != SS_OK || h.producer != lp->id || h.stream != lp->stream)
+        return luaL_argerror(L, 2, "not a header of this producer's stream");
+    if (ss_lineage_check(lineage, llen, &n) != SS_OK)
+        return luaL_argerror(L, 3, "not a sorted lineage");
+    uint64_t pubseq;
+    ss_err e = ss_producer_publish(lp->p, &h, lineage, llen, payload, plen, &pubseq);
+    if (e != SS_OK)
+        return luaL_error(L, "publishing: %s", ss_strerror(e));
     lua_pushinteger(L, (lua_Integer)pubseq);
     return 1;
 }
@@ -404,6 +710,7 @@ static int producer_close(lua_State *L)
     lproducer *lp = luaL_checkudata(L, 1, PRODUCER_MT);
     lp->tick_consumer = NULL;
     ss_producer_destroy(&lp->p);
+    ss_envelope_destroy(&lp->env);
     return 0;
 }
 
@@ -527,11 +834,13 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 int luaopen_securestreams_net(lua_State *L)
 {
     static const luaL_Reg consumer_m[] = {
-        { "recv", consumer_recv }, { "ack", consumer_ack }, { "tick", consumer_tick },
+        { "recv", consumer_recv }, { "recv_raw", consumer_recv_raw }, { "ack", consumer_ack }, { "tick", consumer_tick },
         { "id", consumer_id }, { "close", consumer_close }, { NULL, NULL } };
     static const luaL_Reg producer_m[] = {
         { "publish", producer_publish }, { "publish_eos", producer_publish_eos },
         { "receipted", producer_receipted }, { "service", producer_service },
+        { "seal_record", producer_seal_record }, { "take_seq", producer_take_seq },
+        { "publish_raw", producer_publish_raw },
         { "drain", producer_drain }, { "tick_with", producer_tick_with },
         { "id", producer_id }, { "close", producer_close }, { NULL, NULL } };
     static const luaL_Reg writer_m[] = {
@@ -541,10 +850,18 @@ int luaopen_securestreams_net(lua_State *L)
         { "consumer", net_consumer }, { "producer", net_producer }, { "writer", net_writer },
         { "lineage", net_lineage }, { "lineage_union", net_lineage_union },
         { "lineage_ids", net_lineage_ids }, { "new_id", net_new_id }, { "hex", net_hex },
-        { "now", net_now }, { "ready", net_ready }, { NULL, NULL } };
+        { "now", net_now }, { "ready", net_ready }, { "key", net_key },
+        { "open_record", net_open_record }, { "raw", net_raw }, { "decode", net_decode },
+        { NULL, NULL } };
     new_class(L, CONSUMER_MT, consumer_m, consumer_close);
     new_class(L, PRODUCER_MT, producer_m, producer_close);
     new_class(L, WRITER_MT, writer_m, writer_gc);
+    static const luaL_Reg key_m[] = { { "id", key_id }, { NULL, NULL } };
+    new_class(L, KEY_MT, key_m, key_gc);
+    static const luaL_Reg raw_m[] = { { "send", raw_send }, { "recv", raw_recv },
+                                      { "endpoint", raw_endpoint }, { "close", raw_close },
+                                      { NULL, NULL } };
+    new_class(L, RAW_MT, raw_m, raw_close);
     luaL_newlib(L, funcs);
     lua_pushinteger(L, SS_BATCH_BYTES);
     lua_setfield(L, -2, "BATCH_BYTES");

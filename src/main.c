@@ -3,6 +3,7 @@
  * component or tool, so a deployment ships a single file.
  */
 #include "component.h"
+#include "crypto.h"
 #include "gen.h"
 #include "lstate.h"
 #include "pipeline.h"
@@ -28,6 +29,9 @@ static const command commands[] = {
     { "worker", ss_cmd_worker, "run a stage script between two routers" },
     { "sink", ss_cmd_sink, "receive the results and run the sink script" },
     { "lua", ss_cmd_lua, "run a Lua script with the SecureStreams modules" },
+    { "keygen", ss_cmd_keygen, "write a new data key (or --curve: a CurveZMQ key pair)" },
+    { "encrypt", ss_cmd_encrypt, "seal a file of lines with a data key" },
+    { "decrypt", ss_cmd_decrypt, "check and open a sealed file" },
     { NULL, NULL, NULL },
 };
 

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "component.h"
+#include "crypto.h"
 #include "spec.h"
 
 #include <errno.h>
@@ -200,7 +201,10 @@ static void usage(FILE *f)
             "print the sink's output, and exit 0 once the whole stream is processed.\n"
             "  --input FILE          read this file instead of the spec's source.file\n"
             "  --workers N|A,B,C     workers per stage (one number for all stages, or one per stage)\n"
-            "  --security MODE       plain (encrypted and enclave are not available yet)\n"
+            "  --security MODE       plain; encrypted (every batch sealed; needs --key); enclave\n"
+            "                        (encrypted, and every stage's code in an enclave)\n"
+            "  --enclave-backend B   isolated (default: a seccomp-locked child) or inprocess\n"
+            "  --key FILE            the data key (securestreams keygen -o FILE)\n"
             "  --on-error skip|fail  skip and count bad records (default), or stop the run\n"
             "  --summary-json FILE   also write the summary as JSON\n"
             "  --verbose             print each component's CPU time and peak memory at the end\n"
@@ -241,14 +245,18 @@ int ss_cmd_run(int argc, char **argv)
         { "input", required_argument, 0, 'i' }, { "workers", required_argument, 0, 'w' },
         { "security", required_argument, 0, 's' }, { "on-error", required_argument, 0, 'e' },
         { "summary-json", required_argument, 0, 'j' }, { "help", no_argument, 0, 'h' },
-        { "verbose", no_argument, 0, 'v' },
+        { "verbose", no_argument, 0, 'v' }, { "key", required_argument, 0, 'k' },
+        { "enclave-backend", required_argument, 0, 'B' },
         { 0, 0, 0, 0 } };
     const char *input = NULL, *workers = NULL, *security = NULL, *on_error = NULL, *summary = NULL;
+    const char *keyfile = NULL, *enclave_backend = NULL;
     int c, verbose = 0;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'v': verbose = 1; break;
+        case 'k': keyfile = optarg; break;
+        case 'B': enclave_backend = optarg; break;
         case 'i': input = optarg; break;
         case 'w': workers = optarg; break;
         case 's': security = optarg; break;
@@ -293,10 +301,37 @@ int ss_cmd_run(int argc, char **argv)
         spec.on_error = strdup(on_error);
     }
     const char *mode = security ? security : spec.security;
-    if (strcmp(mode, "plain") != 0) {
-        fprintf(stderr, "securestreams run: security mode '%s' is not available in this version "
-                        "(only plain)\n", mode);
+    if (keyfile) {
+        free(spec.key);
+        spec.key = strdup(keyfile);
+    }
+    if (strcmp(mode, "plain") && strcmp(mode, "encrypted") && strcmp(mode, "enclave")) {
+        fprintf(stderr, "securestreams run: unknown security mode '%s' (plain, encrypted or enclave)\n",
+                mode);
         goto out;
+    }
+    int encrypted = strcmp(mode, "plain") != 0;
+    for (int i = 0; i < spec.nstages; i++) {
+        if (!strcmp(mode, "enclave"))
+            spec.stages[i].enclave = 1;
+        if (spec.stages[i].enclave && !encrypted) {
+            fprintf(stderr, "securestreams run: stage %s runs in an enclave, which needs the encrypted "
+                            "or enclave mode (--security encrypted --key FILE)\n", spec.stages[i].name);
+            goto out;
+        }
+    }
+    if (encrypted && !spec.key) {
+        fprintf(stderr, "securestreams run: the %s mode needs a data key: --key FILE or key in "
+                        "the spec (make one with: securestreams keygen -o FILE)\n", mode);
+        goto out;
+    }
+    if (encrypted) {
+        ss_key_t key;
+        if (ss_crypto_init() != SS_OK || ss_key_load(&key, spec.key, err, sizeof err) != SS_OK) {
+            fprintf(stderr, "securestreams run: %s\n", err);
+            rc = SS_EXIT_ERROR;
+            goto out;
+        }
     }
     if (!spec.input) {
         fprintf(stderr, "securestreams run: no input: give --input FILE or source.file in %s\n", spec.path);
@@ -305,6 +340,13 @@ int ss_cmd_run(int argc, char **argv)
     if (access(spec.input, R_OK) != 0) {
         fprintf(stderr, "securestreams run: cannot read input %s: %s\n", spec.input, strerror(errno));
         rc = SS_EXIT_ERROR;
+        goto out;
+    }
+    uint32_t stream_id = (uint32_t)(ss_random_id() & 0xffffffffu);
+    int sealed_input = ss_sealed_file_probe(spec.input, &stream_id);
+    if (sealed_input == 1 && !encrypted) {
+        fprintf(stderr, "securestreams run: %s is a sealed file: run it with --security encrypted "
+                        "--key FILE\n", spec.input);
         goto out;
     }
     for (int i = 0; i < spec.nstages; i++)
@@ -332,11 +374,15 @@ int ss_cmd_run(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
-    char stream_env[48], onerr_env[48], summary_env[4200];
-    snprintf(stream_env, sizeof stream_env, "SS_STREAM=%u", (unsigned)(ss_random_id() & 0xffffffffu));
+    char stream_env[48], onerr_env[48], summary_env[4200], key_env[4200];
+    snprintf(stream_env, sizeof stream_env, "SS_STREAM=%u", (unsigned)stream_id);
+    snprintf(key_env, sizeof key_env, "SS_KEY_FILE=%s", encrypted ? spec.key : "");
     snprintf(onerr_env, sizeof onerr_env, "SS_ON_ERROR=%s", spec.on_error);
     snprintf(summary_env, sizeof summary_env, "SS_SUMMARY_FILE=%s", summary ? summary : "");
-    char *common_env[] = { stream_env, onerr_env, NULL };
+    char enclave_env[64];
+    snprintf(enclave_env, sizeof enclave_env, "SS_ENCLAVE=%s", enclave_backend ? enclave_backend : "isolated");
+    char *router_env[] = { stream_env, onerr_env, NULL };
+    char *common_env[] = { stream_env, onerr_env, key_env, NULL };
     rc = SS_EXIT_ERROR;
 
     /* Routers: one before each stage and one before the sink. */
@@ -347,7 +393,7 @@ int ss_cmd_run(int argc, char **argv)
                          (char *)"tcp://127.0.0.1:*", (char *)"--to", (char *)"tcp://127.0.0.1:*",
                          (char *)"--name", name, NULL };
         int fd;
-        pid_t pid = spawn(args, common_env, &fd);
+        pid_t pid = spawn(args, router_env, &fd);
         if (pid < 0) {
             fprintf(stderr, "securestreams run: cannot start %s: %s\n", name, strerror(errno));
             goto fail;
@@ -366,7 +412,7 @@ int ss_cmd_run(int argc, char **argv)
                          r->endpoints[spec.nstages][1], (char *)"--script", spec.sink_script,
                          (char *)"--name", (char *)"sink", (char *)"--stage", (char *)"sink",
                          NULL };
-        char *env[] = { stream_env, onerr_env, summary_env, NULL };
+        char *env[] = { stream_env, onerr_env, summary_env, key_env, NULL };
         pid_t pid = spawn(args, env, &ready[nready]);
         if (pid < 0)
             goto spawn_failed;
@@ -381,7 +427,8 @@ int ss_cmd_run(int argc, char **argv)
                              r->endpoints[i][1], (char *)"--to", r->endpoints[i + 1][0],
                              (char *)"--script", spec.stages[i].script, (char *)"--name", name,
                              (char *)"--stage", spec.stages[i].name, (char *)"--pos", pos, NULL };
-            pid_t pid = spawn(args, common_env, &ready[nready]);
+            char *env[] = { stream_env, onerr_env, key_env, enclave_env, NULL };
+            pid_t pid = spawn(args, spec.stages[i].enclave ? env : common_env, &ready[nready]);
             if (pid < 0)
                 goto spawn_failed;
             ready_kid[nready++] = add_child(r, pid, ROLE_WORKER, i, name);

@@ -120,9 +120,9 @@ static ss_err parse(ctx *c, ss_spec *s)
 {
     lua_State *L = c->L;
     static const char *const top_keys[] = { "name", "source", "stages", "sink", "security",
-                                            "on_error", NULL };
+                                            "on_error", "key", NULL };
     static const char *const source_keys[] = { "file", "header", "batch_bytes", NULL };
-    static const char *const stage_keys[] = { "name", "script", "workers", NULL };
+    static const char *const stage_keys[] = { "name", "script", "workers", "enclave", NULL };
     static const char *const sink_keys[] = { "script", NULL };
     int top = lua_gettop(L);
     ss_err e;
@@ -133,6 +133,13 @@ static ss_err parse(ctx *c, ss_spec *s)
         (e = get_string(c, top, "security", "spec", 0, "plain", &s->security)) != SS_OK ||
         (e = get_string(c, top, "on_error", "spec", 0, "skip", &s->on_error)) != SS_OK)
         return e;
+    char *key = NULL;
+    if ((e = get_string(c, top, "key", "spec", 0, NULL, &key)) != SS_OK)
+        return e;
+    if (key) {
+        s->key = resolve(c, key);
+        free(key);
+    }
 
     if (lua_getfield(L, top, "source") != LUA_TTABLE)
         return fail(c, "missing table 'source' (source = { file = ... })");
@@ -168,8 +175,11 @@ static ss_err parse(ctx *c, ss_spec *s)
         long workers;
         if ((e = only_keys(c, st, where, stage_keys)) != SS_OK ||
             (e = get_string(c, st, "script", where, 1, NULL, &script)) != SS_OK ||
-            (e = get_int(c, st, "workers", where, 1, SS_MAX_WORKERS, 1, &workers)) != SS_OK)
+            (e = get_int(c, st, "workers", where, 1, SS_MAX_WORKERS, 1, &workers)) != SS_OK ||
+            (e = get_bool(c, st, "enclave", where, 0, &g->enclave)) != SS_OK) {
+            free(script);
             return e;
+        }
         g->script = resolve(c, script);
         free(script);
         g->workers = (int)workers;
@@ -198,6 +208,8 @@ static ss_err parse(ctx *c, ss_spec *s)
     free(script);
     lua_pop(L, 1);
 
+    if (strcmp(s->security, "plain") && strcmp(s->security, "encrypted") && strcmp(s->security, "enclave"))
+        return fail(c, "security: expected \"plain\", \"encrypted\" or \"enclave\", got \"%s\"", s->security);
     if (strcmp(s->on_error, "skip") && strcmp(s->on_error, "fail"))
         return fail(c, "on_error: expected \"skip\" or \"fail\", got \"%s\"", s->on_error);
     return SS_OK;
@@ -259,6 +271,7 @@ void ss_spec_cleanup(ss_spec *s)
     }
     free(s->sink_script);
     free(s->security);
+    free(s->key);
     free(s->on_error);
     memset(s, 0, sizeof *s);
 }

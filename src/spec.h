@@ -15,6 +15,7 @@ typedef struct {
     char *name;      /* "mapper" */
     char *script;    /* absolute or relative to the working directory */
     int workers;
+    int enclave;     /* run the stage's code in an enclave */
 } ss_stage_spec;
 
 typedef struct {
@@ -25,7 +26,8 @@ typedef struct {
     ss_stage_spec stages[SS_MAX_STAGES];
     int nstages;
     char *sink_script;
-    char *security;      /* "plain" */
+    char *security;      /* "plain" or "encrypted" */
+    char *key;           /* data key file, for the encrypted mode */
     char *on_error;      /* "skip" or "fail" */
     long batch_bytes;
 } ss_spec;

@@ -28,16 +28,27 @@ local function report(summary)
   if not summary then return end
   local out = io.stderr
   local secs = summary.seconds or 0
+  local verdict
+  if summary.complete then
+    verdict = ('complete: all %d source batches accounted for'):format(summary.expected)
+  elseif summary.sources == 0 then
+    verdict = 'INCOMPLETE: no authenticated statistics from any source'
+  else
+    verdict = ('INCOMPLETE: %d of %d source batches accounted for%s%s'):format(summary.covered,
+      summary.expected, #summary.missing > 0 and ('; missing ' .. table.concat(summary.missing, ' ')) or '',
+      summary.forged > 0 and ('; %d forged statistics records'):format(summary.forged) or '')
+  end
   out:write(('summary: %d rows in %.2f s (%.0f rows/s); %s\n'):format(summary.rows, secs,
-    secs > 0 and summary.rows / secs or 0,
-    summary.complete and ('complete: all %d source batches accounted for'):format(summary.expected)
-      or ('INCOMPLETE: %d of %d source batches accounted for'):format(summary.covered, summary.expected)))
-  out:write(('  %-12s %7s %12s %12s %9s %8s\n'):format('stage', 'workers', 'in', 'out', 'skipped', 'refused'))
+    secs > 0 and summary.rows / secs or 0, verdict))
+  out:write(('  %-12s %7s %12s %12s %9s %8s %8s\n'):format('stage', 'workers', 'in', 'out', 'skipped',
+    'refused', 'rejected'))
   for _, s in ipairs(summary.stages) do
-    out:write(('  %-12s %7d %12d %12d %9d %8d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped, s.refused))
+    out:write(('  %-12s %7d %12d %12d %9d %8d %8d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped,
+      s.refused, s.rejected))
   end
   local sink = summary.sink
-  out:write(('  %-12s %7d %12d %12s %9d %8d\n'):format('sink', 1, sink['in'], '-', sink.skipped, sink.refused))
+  out:write(('  %-12s %7d %12d %12s %9d %8d %8d\n'):format('sink', 1, sink['in'], '-', sink.skipped,
+    sink.refused, sink.rejected))
   local path = os.getenv('SS_SUMMARY_FILE')
   if path and path ~= '' then
     local f = assert(io.open(path, 'w'))
@@ -47,6 +58,10 @@ local function report(summary)
 end
 
 return function(role, script, from, to)
+  if role == 'worker' and ZmqRx.config.enclave then
+    -- the stage's code is loaded by the enclave, never by this process
+    return ZmqRx.enclave_worker({ script = script }, from, to)
+  end
   local fn = load_stage(script)
   local stream = ZmqRx.Subject.fromZmqSocket(from)
   if role == 'sink' then

@@ -20,8 +20,11 @@
 -- Settings come from the environment, as the seed's compose file passed
 -- FROM and TO: SS_NAME (component name in logs), SS_STAGE (stage name in the
 -- statistics), SS_ID, SS_STREAM (pipeline id), SS_ON_ERROR (skip or fail),
+-- SS_ENCLAVE (isolated or inprocess: run the stage in an enclave),
 -- SS_GROUP (batches per partial result, default 32), SS_IDLE_MS (flush a
--- partial result when no batch came for this long, default 50).
+-- partial result when no batch came for this long, default 50), SS_KEY_FILE
+-- (the data key: the encrypted mode, where every batch is sealed and every
+-- statistics record authenticated; docs/crypto.md).
 
 local Rx = require 'rx'
 local net = require 'securestreams.net'
@@ -43,6 +46,8 @@ local config = {
   group = tonumber(setting('SS_GROUP', '32')),
   idle_ms = tonumber(setting('SS_IDLE_MS', '50')),
   pos = tonumber(setting('SS_POS', '0')),
+  key_file = setting('SS_KEY_FILE', nil),
+  enclave = setting('SS_ENCLAVE', nil),
   log_limit = 10,
 }
 ZmqRx.config = config
@@ -55,15 +60,76 @@ local function log(fmt, ...)
   io.stderr:write('[', config.name, '] ', fmt:format(...), '\n')
 end
 
-local function link_opts(opts)
+-- The data key, loaded once; a wrong or unreadable key file stops the
+-- component before it joins anything.
+local function data_key()
+  if config.key_file and not config.key then
+    config.key = net.key(config.key_file)
+  end
+  return config.key
+end
+
+-- Link options; `host_only` for an enclave worker's host, which never
+-- holds the key: its links move sealed batches as they are.
+local function link_opts(opts, host_only)
   opts = opts or {}
   config.id = config.id or opts.id or net.new_id()
-  return { name = opts.name or config.name, id = config.id, window = opts.window }
+  return { name = opts.name or config.name, id = config.id, window = opts.window,
+           key = not host_only and data_key() or nil }
 end
 
 local function new_stats(stage)
   return { stage = stage or config.stage or config.name, name = config.name, pos = config.pos,
-           ['in'] = 0, out = 0, skipped = 0, batches = 0, refused = 0 }
+           ['in'] = 0, out = 0, skipped = 0, batches = 0, refused = 0, rejected = 0 }
+end
+
+-- Batches that fail authentication, come twice from one producer, or are
+-- plaintext in the encrypted mode are rejected: counted, the first ones
+-- logged with producer and sequence number, never processed. A batch sealed
+-- with another key means this component was given the wrong key: it stops.
+local function rejecter(stats)
+  local logged, seen, wrong_key = 0, {}, 0
+  local function reject(why, producer, seq)
+    -- one batch under another key may be an intruder's; nothing but such
+    -- batches means this component holds the wrong key
+    if why:find('another key', 1, true) then
+      wrong_key = wrong_key + 1
+      if wrong_key >= 10 and stats.batches == 0 then
+        error(('the first %d batches were all %s: this component has the wrong data key (SS_KEY_FILE)')
+          :format(wrong_key, why), 0)
+      end
+    end
+    stats.rejected = stats.rejected + 1
+    if config.on_error == 'fail' then
+      ZmqRx.failed = true
+      error(('stopped by the error policy (on_error = fail): rejected batch %d of producer %s: %s')
+        :format(seq, net.hex(producer), why), 0)
+    end
+    if logged < config.log_limit then
+      logged = logged + 1
+      log('rejected batch %d of producer %s: %s', seq, net.hex(producer), why)
+    end
+  end
+  -- true when (producer, seq) is new; else rejects it as a replay
+  local function fresh(producer, seq)
+    local s = seen[producer]
+    if not s then s = {}; seen[producer] = s end
+    if s[seq] then
+      reject('replayed (already received from this producer)', producer, seq)
+      return false
+    end
+    s[seq] = true
+    return true
+  end
+  return reject, fresh
+end
+
+-- A statistics record for the end of stream: sealed in the encrypted mode,
+-- so no router can forge or change the counts the sink reports.
+local function stats_record(producer, id, stats)
+  if not config.key then return stats end
+  local sealed, n = producer:seal_record(net.hex(id), stats)
+  return { sealed = sealed, n = n }
 end
 
 -- Bad records: the first few are logged with where they came from, every one
@@ -148,17 +214,36 @@ function ZmqRx._sink_loop(source, observer)
   net.ready()
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
+  local reject, fresh = rejecter(stats)
   Rx.util.onUserError = hook
   local subject = Rx.Subject.create()
   subject:subscribe(observer)
-  local covered, eos = 0, nil
+  local covered, eos = {}, nil
   while true do
     local kind, tag, data, lineage, origin, flags, producer, seq = consumer:recv(-1)
-    if kind == 'data' then
+    local ids = kind == 'data' and net.lineage_ids(lineage)
+    if ids and not fresh(producer, seq) then
+      ids = nil
+    elseif ids then
+      -- a result covering a source batch already counted would count it
+      -- twice: routers drop those, and the sink does not trust routers
+      for _, id in ipairs(ids) do
+        if covered[id[1]] and covered[id[1]][id[2]] then
+          reject(('covers source batch %s#%d a second time'):format(net.hex(id[1]), id[2]), producer, seq)
+          ids = nil
+          break
+        end
+      end
+    end
+    if ids then
       cur.lineage, cur.origin, cur.producer, cur.seq = lineage, origin, producer, seq
       stats['in'] = stats['in'] + #data
       stats.batches = stats.batches + 1
-      covered = covered + #lineage // 16
+      for _, id in ipairs(ids) do
+        local c = covered[id[1]]
+        if not c then c = {}; covered[id[1]] = c end
+        c[id[2]] = true
+      end
       local ok, err = pcall(feed, subject, data, cur, hook)
       consumer:ack(tag)
       if not ok or Failure.message then
@@ -166,6 +251,11 @@ function ZmqRx._sink_loop(source, observer)
         error('stopped by the error policy (on_error = fail): ' ..
           (Failure.message or (type(err) == 'table' and err.securestreams_failure) or tostring(err)), 0)
       end
+    elseif kind == 'data' then
+      consumer:ack(tag)
+    elseif kind == 'rejected' then
+      reject(data, producer, seq)
+      consumer:ack(tag)
     elseif kind == 'bad' then
       stats.refused = stats.refused + 1
       log('refused a batch: %s', data)
@@ -200,6 +290,7 @@ local function worker_loop(chain, source, addr, opts)
   local stateful = chain.stateful
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
+  local reject, fresh = rejecter(stats)
   Rx.util.onUserError = hook
 
   local pending, head, tail = {}, 1, 0          -- published outputs awaiting receipt
@@ -251,6 +342,9 @@ local function worker_loop(chain, source, addr, opts)
     if kind == nil then
       if group then close_group() end
       producer:service(0)
+    elseif kind == 'rejected' or (kind == 'data' and not fresh(producer_id, seq)) then
+      if kind == 'rejected' then reject(data, producer_id, seq) end
+      consumer:ack(tag)   -- never processed, so nothing downstream to wait for
     elseif kind == 'data' then
       local redelivered = flags & net.REDELIVERED ~= 0
       if group and (redelivered or not stateful) then close_group() end
@@ -275,7 +369,7 @@ local function worker_loop(chain, source, addr, opts)
       settle()
       if flags & net.LATE == 0 then
         local all = data.stats or {}
-        all[net.hex(lopts.id)] = stats
+        all[net.hex(lopts.id)] = stats_record(producer, lopts.id, stats)
         producer:publish_eos({ members = data.members or {}, stats = all })
         producer:drain()
       end
@@ -289,12 +383,113 @@ local function worker_loop(chain, source, addr, opts)
   return stats
 end
 
+-- Enclave worker: the stage's code runs in an enclave (enclave.h); this host
+-- side only moves sealed batches between the routers and the enclave, and
+-- never holds the key or a plaintext event. `spec` is {script = path} or
+-- {code = text, name = chunkname}. Grouping, acknowledgement and end of
+-- stream follow the worker loop above.
+function ZmqRx.enclave_worker(spec, from, addr, opts)
+  if not config.key_file then
+    error('an enclave stage needs the data key (SS_KEY_FILE or --key): enclaves accept only sealed batches', 0)
+  end
+  local Enclave = require 'securestreams.enclave'
+  local lopts = link_opts(opts, true)
+  local producer = net.producer(addr, lopts)
+  local consumer = net.consumer(from, lopts)
+  producer:tick_with(consumer)
+  local enc = Enclave.new({
+    backend = config.enclave ~= '1' and config.enclave or nil,
+    script = spec.script, code = spec.code, name = spec.name, key_file = config.key_file,
+    stage = config.stage or config.name, fail = config.on_error == 'fail', producer = lopts.id,
+  })
+  net.ready()
+  local stateful = enc:stateful()
+  local pending, head, tail = {}, 1, 0
+  local group, logged = nil, 0
+
+  local function settle()
+    local receipted = producer:receipted()
+    while head <= tail and pending[head].pubseq < receipted do
+      for _, tag in ipairs(pending[head].tags) do consumer:ack(tag) end
+      pending[head] = nil
+      head = head + 1
+    end
+  end
+  local function note(r)
+    if r.message ~= '' and logged < config.log_limit then
+      logged = logged + 1
+      log('%s', r.message)
+      if logged == config.log_limit then log('(further messages are counted, not logged)') end
+    end
+  end
+  local function publish(r, tags)
+    if r.output then
+      local pubseq = producer:publish_raw(r.header, r.lineage, r.payload)
+      tail = tail + 1
+      pending[tail] = { pubseq = pubseq, tags = tags }
+    else
+      for _, tag in ipairs(tags) do consumer:ack(tag) end
+    end
+    settle()
+  end
+  local function flush()
+    local g = group
+    group = nil
+    local r = enc:flush(producer:take_seq())
+    note(r)
+    publish(r, g.tags)
+  end
+
+  while true do
+    local tag, header, lineage, payload, flags = consumer:recv_raw(group and config.idle_ms or 250)
+    settle()
+    if not tag then
+      if group then flush() end
+      producer:service(0)
+    elseif header:byte(2) == 2 then
+      if group then flush() end
+      producer:drain()
+      settle()
+      if flags & net.LATE == 0 then
+        local eos = net.decode(payload)
+        local id = net.hex(lopts.id)
+        local seq = producer:take_seq()
+        local all = eos.stats or {}
+        all[id] = { sealed = enc:finish(id, seq), n = seq }
+        producer:publish_eos({ members = eos.members or {}, stats = all })
+        producer:drain()
+      end
+      consumer:ack(tag)
+      break
+    else
+      local redelivered = flags & net.REDELIVERED ~= 0
+      if group and redelivered then flush() end
+      local r = enc:batch(header, lineage, payload, producer:take_seq(), redelivered)
+      note(r)
+      if r.rejected then
+        consumer:ack(tag)
+      elseif not stateful then
+        publish(r, { tag })
+      else
+        group = group or { tags = {}, batches = 0 }
+        group.tags[#group.tags + 1] = tag
+        group.batches = group.batches + 1
+        if redelivered or group.batches >= config.group then flush() end
+      end
+    end
+  end
+  enc:close()
+  producer:close()
+  consumer:close()
+end
+
 -- Source: any other chain, sent to a router as batches of its own lineage.
 local function source_loop(chain, addr, opts)
   local lopts = link_opts(opts)
   local id = lopts.id
   local stats = new_stats('source')
   stats.t0 = net.now()
+  stats.lineage_source, stats.first_seq = id, 0
   local producer = net.producer(addr, lopts)
   local writer = net.writer()
   local seq, first, n = 0, 1, 0
@@ -321,7 +516,7 @@ local function source_loop(chain, addr, opts)
   end
   if writer:count() > 0 then publish() end
   producer:drain()
-  producer:publish_eos({ members = { id }, stats = { [net.hex(id)] = stats } })
+  producer:publish_eos({ members = { id }, stats = { [net.hex(id)] = stats_record(producer, id, stats) } })
   producer:drain()
   producer:close()
   return stats
@@ -353,28 +548,62 @@ function ZmqRx.sendZmqCompleted()
   ZmqRx.completed = true
 end
 
--- A summary of a finished sink loop: { rows, batches, expected, complete,
--- stages = { {stage, in, out, skipped, refused, workers}... }, seconds }
+-- A summary of a finished sink loop: rows, seconds, per stage counts, and
+-- whether every batch of every source was received exactly once. In the
+-- encrypted mode only statistics records that authenticate count; the others
+-- are reported as forged.
 function ZmqRx.summary()
   local run = ZmqRx.last_run
   if not run then return nil end
-  local stages, order, expected, t0, rows = {}, {}, 0, nil, 0
-  for _, s in pairs(run.stats) do
-    local st = stages[s.stage]
-    if not st then
-      st = { stage = s.stage, pos = s.pos or 0, ['in'] = 0, out = 0, skipped = 0, refused = 0, workers = 0 }
-      stages[s.stage] = st
-      order[#order + 1] = s.stage
+  local stages, order, t0, rows = {}, {}, nil, 0
+  local expected, missing, forged, sources = 0, {}, 0, {}
+  for id, s in pairs(run.stats) do
+    if type(s) ~= 'table' then s = {} end
+    if s.sealed and config.key then
+      local opened, why = net.open_record(config.key, id, s.sealed, s.n or -1)
+      if not opened then
+        forged = forged + 1
+        log('ignored the statistics of %s: %s', tostring(id), why)
+      end
+      s = opened
+    elseif config.key then
+      forged = forged + 1
+      log('ignored unauthenticated statistics for %s', tostring(id))
+      s = nil
     end
-    st['in'] = st['in'] + (s['in'] or 0)
-    st.out = st.out + (s.out or 0)
-    st.skipped = st.skipped + (s.skipped or 0)
-    st.refused = st.refused + (s.refused or 0)
-    st.workers = st.workers + 1
-    if s.stage == 'source' then
-      expected = expected + (s.batches or 0)
-      rows = rows + (s.out or 0)
-      if s.t0 and (not t0 or s.t0 < t0) then t0 = s.t0 end
+    if s and s.stage then
+      local st = stages[s.stage]
+      if not st then
+        st = { stage = s.stage, pos = s.pos or 0, ['in'] = 0, out = 0, skipped = 0, refused = 0,
+               rejected = 0, workers = 0 }
+        stages[s.stage] = st
+        order[#order + 1] = s.stage
+      end
+      st['in'] = st['in'] + (s['in'] or 0)
+      st.out = st.out + (s.out or 0)
+      st.skipped = st.skipped + (s.skipped or 0)
+      st.refused = st.refused + (s.refused or 0)
+      st.rejected = st.rejected + (s.rejected or 0)
+      st.workers = st.workers + 1
+      if s.stage == 'source' then
+        sources[#sources + 1] = s
+        rows = rows + (s.out or 0)
+        if s.t0 and (not t0 or s.t0 < t0) then t0 = s.t0 end
+      end
+    end
+  end
+  -- every batch a source says it sent, received once
+  local covered = 0
+  for _, src in ipairs(sources) do
+    local got = run.covered[src.lineage_source or 0] or {}
+    local first = src.first_seq or 0
+    expected = expected + (src.batches or 0)
+    for seq = first, first + (src.batches or 0) - 1 do
+      if got[seq] then
+        covered = covered + 1
+      elseif #missing < 10 then
+        missing[#missing + 1] = ('%s#%d'):format(net.hex(src.lineage_source or 0), seq)
+      end
     end
   end
   table.sort(order, function(a, b)
@@ -385,8 +614,9 @@ function ZmqRx.summary()
   local list = {}
   for _, name in ipairs(order) do list[#list + 1] = stages[name] end
   return {
-    rows = rows, stages = list, expected = expected, covered = run.covered,
-    complete = run.covered == expected, sink = run.own,
+    rows = rows, stages = list, expected = expected, covered = covered, missing = missing,
+    forged = forged, sources = #sources,
+    complete = #sources > 0 and covered == expected and forged == 0, sink = run.own,
     seconds = t0 and (net.now() - t0) or nil,
   }
 end

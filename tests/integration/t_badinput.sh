@@ -62,5 +62,6 @@ check "script without a function: says so" grep -q 'noreturn.lua: the script mus
 check "spec typo: exit 2" test $? -eq 2
 check "spec typo: names the field" grep -q "stages\[1\]: unknown field 'worker'" "$T/err"
 
-"$SS" run "$SPEC" --input "$F" --security enclave >"$T/out" 2>"$T/err"
-check "unavailable security mode: refused" test $? -eq 2
+"$SS" run "$SPEC" --input "$F" --security bogus >"$T/out" 2>"$T/err"
+check "unknown security mode: refused" test $? -eq 2
+check "unknown security mode: named" grep -q "unknown security mode 'bogus'" "$T/err"
