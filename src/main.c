@@ -4,6 +4,7 @@
  */
 #include "component.h"
 #include "crypto.h"
+#include "enclave.h"
 #include "gen.h"
 #include "lstate.h"
 #include "pipeline.h"
@@ -32,6 +33,9 @@ static const command commands[] = {
     { "keygen", ss_cmd_keygen, "write a new data key (or --curve: a CurveZMQ key pair)" },
     { "encrypt", ss_cmd_encrypt, "seal a file of lines with a data key" },
     { "decrypt", ss_cmd_decrypt, "check and open a sealed file" },
+    { "measure", ss_cmd_measure, "print the enclave measurement of a stage script" },
+    { "enclave-bench", ss_cmd_enclave_bench, "measure the cost of an enclave call" },
+    { "enclave-child", ss_cmd_enclave, "internal: the isolated enclave a worker starts" },
     { NULL, NULL, NULL },
 };
 

@@ -1,0 +1,458 @@
+/*
+ * lsandbox.c - the restricted Lua state and the process lockdown of an
+ * enclave (see lsandbox.h, docs/enclave.md).
+ *
+ * Invariants: the allocator's count equals the bytes Lua holds and never
+ * passes the bound; the count hook is installed on the running thread only
+ * inside ss_sandbox_run, so code outside a record (the enclave's own
+ * driver) runs unbudgeted; once a record exceeds its budget, every thread
+ * that runs Lua code raises at each instruction until the record's
+ * protected call returns.
+ */
+#include "lsandbox.h"
+
+#include "lmodules.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <malloc.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+
+#define HOOK_STEP 10000   /* instructions between two looks at the budget */
+
+typedef struct {
+    size_t used;          /* bytes Lua holds */
+    size_t limit;         /* the heap bound */
+    uint64_t budget;      /* instructions per record */
+    uint64_t spent;       /* instructions of the current record so far */
+    int step;             /* hook count: min(budget, HOOK_STEP) */
+    int active;           /* a record is running (inside ss_sandbox_run) */
+    int exceeded;         /* ... and has passed its budget */
+    struct timespec t0;   /* creation, for the os.clock fallback */
+} sandbox;
+
+static sandbox *get(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* ---- the counting allocator ----------------------------------------- */
+
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sandbox *sb = ud;
+    size_t old = ptr ? osize : 0;   /* with ptr NULL, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        sb->used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > sb->limit - sb->used)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return NULL;
+    sb->used = sb->used - old + nsize;
+    return p;
+}
+
+size_t ss_sandbox_used(lua_State *L)
+{
+    return get(L)->used;
+}
+
+/* ---- the instruction budget ------------------------------------------ */
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    sandbox *sb = get(L);
+    if (!sb->active)
+        return;   /* a coroutine made during a record, resumed outside one */
+    if (!sb->exceeded) {
+        int n = lua_gethookcount(L);
+        sb->spent += (uint64_t)n;
+        if (sb->spent < sb->budget) {
+            if (n != sb->step)
+                lua_sethook(L, count_hook, LUA_MASKCOUNT, sb->step);
+            return;
+        }
+        sb->exceeded = 1;
+    }
+    /* from now on every instruction raises: a pcall in user code cannot
+     * keep the record going */
+    if (lua_gethookcount(L) != 1)
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "instruction budget of %I exceeded (an endless loop?)", (lua_Integer)sb->budget);
+}
+
+int ss_sandbox_run(lua_State *L)
+{
+    sandbox *sb = get(L);
+    int nargs = lua_gettop(L) - 1;
+    luaL_checkany(L, 1);
+    sb->active = 1;
+    sb->exceeded = 0;
+    sb->spent = 0;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, sb->step);
+    int status = lua_pcall(L, nargs, 0, 0);
+    lua_sethook(L, NULL, 0, 0);
+    sb->active = 0;
+    sb->exceeded = 0;
+    if (status == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+}
+
+/* ---- the libraries ----------------------------------------------------- */
+
+/* A function that only says it is not there: upvalue 1 is its name. */
+static int unavailable(lua_State *L)
+{
+    return luaL_error(L, "%s is not available in the enclave", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static void push_stub(lua_State *L, const char *lib, const char *name)
+{
+    if (lib)
+        lua_pushfstring(L, "%s.%s", lib, name);
+    else
+        lua_pushstring(L, name);
+    lua_pushcclosure(L, unavailable, 1);
+}
+
+/* __index of io, os, debug and package: any other name is a stub too. */
+static int stub_index(lua_State *L)
+{
+    const char *lib = lua_tostring(L, lua_upvalueindex(1));
+    const char *name = luaL_checkstring(L, 2);
+    push_stub(L, lib, name);
+    return 1;
+}
+
+/* A table of stubs for `names`, whose other fields are stubs as well. */
+static void stub_library(lua_State *L, const char *lib, const char *const *names)
+{
+    lua_newtable(L);
+    for (; *names; names++) {
+        push_stub(L, lib, *names);
+        lua_setfield(L, -2, *names);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, lib);
+    lua_pushcclosure(L, stub_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+}
+
+/* os.clock: CPU time where the kernel answers; under the lockdown that
+ * clock needs a system call, so fall back to the time since the sandbox was
+ * made (CLOCK_MONOTONIC is read from the vDSO, without one). */
+static int os_clock(lua_State *L)
+{
+    struct timespec ts = { 0, 0 };
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0) {
+        lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+        return 1;
+    }
+    sandbox *sb = get(L);
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        ts = sb->t0;
+    lua_pushnumber(L, (lua_Number)(ts.tv_sec - sb->t0.tv_sec)
+                          + (lua_Number)(ts.tv_nsec - sb->t0.tv_nsec) / 1e9);
+    return 1;
+}
+
+/* setmetatable(t, mt) refusing a __gc field: Lua runs finalizers with
+ * hooks off, so a finalizer would escape the instruction budget. (A __gc
+ * added to the metatable later is never called: Lua marks an object for
+ * finalization only when its metatable is set.) */
+static int guarded_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "__gc metamethods are not available in the enclave");
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+/* load(chunk [, chunkname [, mode [, env]]]) with mode always "t". */
+static int text_load(lua_State *L)
+{
+    lua_settop(L, 4);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushliteral(L, "t");
+    if (lua_isnone(L, 4) || lua_isnil(L, 4)) {
+        lua_call(L, 3, LUA_MULTRET);
+    } else {
+        lua_pushvalue(L, 4);
+        lua_call(L, 4, LUA_MULTRET);
+    }
+    return lua_gettop(L) - 4;
+}
+
+static int load_embedded(lua_State *L, const char *name)
+{
+    for (const ss_lua_embedded *m = ss_lua_sources; m->name; m++) {
+        if (strcmp(m->name, name) != 0)
+            continue;
+        char chunk[128];
+        snprintf(chunk, sizeof chunk, "=[securestreams]/%s.lua", m->name);
+        if (luaL_loadbufferx(L, m->source, m->len, chunk, "t") != LUA_OK)
+            return lua_error(L);
+        lua_pushstring(L, name);
+        lua_call(L, 1, 1);
+        return 1;
+    }
+    return luaL_error(L, "module '%s' is not built in", name);
+}
+
+/* require(name): csv, json and rx, nothing else. */
+static int enclave_require(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, 2, name) != LUA_TNIL)
+        return 1;
+    lua_pop(L, 1);
+    if (!strcmp(name, "csv")) {
+        lua_pushcfunction(L, luaopen_csv);
+        lua_pushstring(L, name);
+        lua_call(L, 1, 1);
+    } else if (!strcmp(name, "json")) {
+        lua_pushcfunction(L, luaopen_json);
+        lua_pushstring(L, name);
+        lua_call(L, 1, 1);
+    } else if (!strcmp(name, "rx")) {
+        load_embedded(L, name);
+    } else {
+        return luaL_error(L, "module '%s' is not available in the enclave", name);
+    }
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 2, name);
+    return 1;
+}
+
+static int open_restricted(lua_State *L)
+{
+    static const luaL_Reg libs[] = {
+        { LUA_GNAME, luaopen_base },         { LUA_STRLIBNAME, luaopen_string },
+        { LUA_TABLIBNAME, luaopen_table },   { LUA_MATHLIBNAME, luaopen_math },
+        { LUA_UTF8LIBNAME, luaopen_utf8 },   { LUA_COLIBNAME, luaopen_coroutine },
+        { NULL, NULL },
+    };
+    static const char *const io_names[] = { "open", "lines", "popen", "read", "write", "close",
+                                            "input", "output", "tmpfile", "type", NULL };
+    static const char *const os_names[] = { "execute", "exit", "remove", "rename", "getenv",
+                                            "tmpname", "setlocale", NULL };
+    static const char *const debug_names[] = { "debug", "gethook", "getinfo", "getlocal",
+                                               "getmetatable", "getregistry", "getupvalue",
+                                               "getuservalue", "sethook", "setlocal",
+                                               "setmetatable", "setupvalue", "setuservalue",
+                                               "traceback", "upvalueid", "upvaluejoin", NULL };
+    static const char *const package_names[] = { "loadlib", "searchpath", NULL };
+
+    for (const luaL_Reg *lib = libs; lib->func; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    lua_setglobal(L, "dofile");
+    lua_pushnil(L);
+    lua_setglobal(L, "loadfile");
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, text_load, 1);
+    lua_setglobal(L, "load");
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, guarded_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    push_stub(L, NULL, "print");
+    lua_setglobal(L, "print");
+    lua_pushcfunction(L, enclave_require);
+    lua_setglobal(L, "require");
+
+    lua_getglobal(L, LUA_STRLIBNAME);
+    push_stub(L, LUA_STRLIBNAME, "dump");
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+
+    stub_library(L, LUA_IOLIBNAME, io_names);
+    lua_setglobal(L, LUA_IOLIBNAME);
+    stub_library(L, LUA_DBLIBNAME, debug_names);
+    lua_setglobal(L, LUA_DBLIBNAME);
+
+    /* os: the clock and calendar functions are real, the rest are stubs */
+    lua_pushcfunction(L, luaopen_os);   /* not registered in package.loaded */
+    lua_call(L, 0, 1);
+    stub_library(L, LUA_OSLIBNAME, os_names);
+    static const char *const keep[] = { "time", "date", "difftime", NULL };
+    for (const char *const *k = keep; *k; k++) {
+        lua_getfield(L, -2, *k);
+        lua_setfield(L, -2, *k);
+    }
+    lua_pushcfunction(L, os_clock);
+    lua_setfield(L, -2, "clock");
+    lua_setglobal(L, LUA_OSLIBNAME);
+    lua_pop(L, 1);
+
+    /* package: the loaded table only; no path, no searchers, no loaders */
+    stub_library(L, LUA_LOADLIBNAME, package_names);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_setfield(L, -2, "loaded");
+    lua_setglobal(L, LUA_LOADLIBNAME);
+
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    for (const char *const *n = (const char *const[]){ LUA_IOLIBNAME, LUA_OSLIBNAME,
+                                                       LUA_DBLIBNAME, LUA_LOADLIBNAME, NULL };
+         *n; n++) {
+        lua_getglobal(L, *n);
+        lua_setfield(L, -2, *n);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int panic(lua_State *L)
+{
+    /* never reached: the enclave enters Lua only through lua_pcall */
+    fprintf(stderr, "securestreams enclave: Lua panic: %s\n", lua_tostring(L, -1));
+    return 0;
+}
+
+lua_State *ss_sandbox_new(size_t heap_bytes, uint64_t budget, char *err, size_t errlen)
+{
+    sandbox *sb = calloc(1, sizeof *sb);
+    if (!sb) {
+        snprintf(err, errlen, "out of memory creating the Lua state");
+        return NULL;
+    }
+    sb->limit = heap_bytes;
+    sb->budget = budget ? budget : 1;
+    sb->step = sb->budget < HOOK_STEP ? (int)sb->budget : HOOK_STEP;
+    clock_gettime(CLOCK_MONOTONIC, &sb->t0);
+    lua_State *L = lua_newstate(counting_alloc, sb);
+    if (!L) {
+        snprintf(err, errlen, "a heap of %zu bytes cannot hold a Lua state", heap_bytes);
+        free(sb);
+        return NULL;
+    }
+    lua_atpanic(L, panic);
+    lua_setwarnf(L, NULL, NULL);
+    lua_pushcfunction(L, open_restricted);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "setting up the enclave's Lua state (heap %zu bytes): %s", heap_bytes,
+                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        ss_sandbox_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+void ss_sandbox_close(lua_State *L)
+{
+    if (!L)
+        return;
+    sandbox *sb = get(L);
+    lua_close(L);
+    free(sb);
+}
+
+/* ---- the process --------------------------------------------------------- */
+
+ss_err ss_sandbox_fix_heap(size_t bytes, char *err, size_t errlen)
+{
+    if (mallopt(M_MMAP_MAX, 0) != 1 || mallopt(M_TRIM_THRESHOLD, -1) != 1) {
+#ifndef SANITIZED
+        snprintf(err, errlen, "cannot fix the heap: mallopt refused");
+        return SS_ERR_NOMEM;
+#endif
+    }
+    char *p = malloc(bytes);
+    if (!p) {
+        snprintf(err, errlen, "cannot reserve the enclave's heap of %zu bytes", bytes);
+        return SS_ERR_NOMEM;
+    }
+    /* touch every page (a memset of zeros before free may be optimised
+     * into nothing, or into a calloc that touches nothing) */
+    volatile char *v = p;
+    for (size_t i = 0; i < bytes; i += 4096)
+        v[i] = 1;
+    free(p);
+    return SS_OK;
+}
+
+ss_err ss_sandbox_lockdown(int fd_in, int fd_out, char *err, size_t errlen)
+{
+    tzset();   /* read the time zone now: os.date cannot open files later */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        int en = errno;
+        snprintf(err, errlen, "prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(en));
+        return SS_ERR_IO;
+    }
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
+    if (!ctx) {
+        snprintf(err, errlen, "seccomp_init failed");
+        return SS_ERR_IO;
+    }
+    int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(read), 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)fd_in));
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(write), 1, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)fd_out));
+    static const int allowed[] = { SCMP_SYS(exit), SCMP_SYS(exit_group), SCMP_SYS(rt_sigreturn) };
+    for (size_t i = 0; rc == 0 && i < sizeof allowed / sizeof *allowed; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
+#ifdef SANITIZED
+    static const int memory[] = { SCMP_SYS(brk) };
+    static const int sanitizer[] = { SCMP_SYS(mmap), SCMP_SYS(munmap), SCMP_SYS(mremap),
+                                     SCMP_SYS(mprotect), SCMP_SYS(madvise), SCMP_SYS(sigaltstack),
+                                     SCMP_SYS(gettid), SCMP_SYS(getpid) };
+    for (size_t i = 0; rc == 0 && i < sizeof sanitizer / sizeof *sanitizer; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sanitizer[i], 0);
+#else
+    static const int memory[] = { SCMP_SYS(brk), SCMP_SYS(mmap), SCMP_SYS(munmap), SCMP_SYS(mremap) };
+#endif
+    for (size_t i = 0; rc == 0 && i < sizeof memory / sizeof *memory; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOMEM), memory[i], 0);
+    if (rc == 0)
+        rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot install the seccomp filter: %s", strerror(-rc));
+        return SS_ERR_IO;
+    }
+    return SS_OK;
+}
