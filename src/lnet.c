@@ -252,6 +252,106 @@ static int net_open_record(lua_State *L)
     return 1;
 }
 
+/* A sealed batch as one string: header (40) | u32 lineage length | lineage |
+ * sealed payload. net.seal_batch(key, events, producer, seq) -> string */
+static int net_seal_batch(lua_State *L)
+{
+    lkey *k = luaL_checkudata(L, 1, KEY_MT);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    uint64_t producer = (uint64_t)luaL_checkinteger(L, 3), seq = (uint64_t)luaL_checkinteger(L, 4);
+    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
+        return luaL_error(L, "out of memory");
+    ss_batch_writer w;
+    char msg[256];
+    if (ss_batch_writer_init(&w, SS_MAX_MESSAGE / 2) != SS_OK)
+        return luaL_error(L, "out of memory");
+    lua_Integer n = luaL_len(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        if (ss_batch_writer_add(&w, L, lua_gettop(L), msg, sizeof msg) != SS_OK) {
+            ss_batch_writer_cleanup(&w);
+            return luaL_error(L, "event %d cannot be sealed: %s", (int)i, msg);
+        }
+        lua_pop(L, 1);
+    }
+    const char *payload;
+    size_t plen, slen;
+    ss_batch_writer_finish(&w, &payload, &plen);
+    uint8_t lineage[SS_LINEAGE_ENTRY], hdr[SS_HEADER_SIZE], llen[4];
+    ss_lineage_put(lineage, 0, (ss_lineage_id){ producer, seq });
+    ss_header_t h = { .type = SS_MSG_DATA, .stream = stream_from_env(), .producer = producer,
+                      .seq = seq, .count = w.count };
+    const uint8_t *sealed;
+    ss_err e = ss_envelope_seal(k->env, &h, lineage, sizeof lineage, payload, plen, &sealed, &slen);
+    ss_batch_writer_cleanup(&w);
+    if (e != SS_OK)
+        return luaL_error(L, "cannot seal: %s", ss_strerror(e));
+    ss_header_encode(&h, hdr);
+    ss_put_u32(llen, sizeof lineage);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, (const char *)hdr, sizeof hdr);
+    luaL_addlstring(&b, (const char *)llen, sizeof llen);
+    luaL_addlstring(&b, (const char *)lineage, sizeof lineage);
+    luaL_addlstring(&b, (const char *)sealed, slen);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* net.split_batch(s) -> header, lineage, payload (of a net.seal_batch string) */
+static int net_split_batch(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (len < SS_HEADER_SIZE + 4)
+        return luaL_error(L, "not a sealed batch (too short)");
+    size_t llen = ss_get_u32((const uint8_t *)s + SS_HEADER_SIZE);
+    if (len < SS_HEADER_SIZE + 4 + llen)
+        return luaL_error(L, "not a sealed batch (truncated lineage)");
+    lua_pushlstring(L, s, SS_HEADER_SIZE);
+    lua_pushlstring(L, s + SS_HEADER_SIZE + 4, llen);
+    lua_pushlstring(L, s + SS_HEADER_SIZE + 4 + llen, len - SS_HEADER_SIZE - 4 - llen);
+    return 3;
+}
+
+/* net.open_batch(key, s) -> events | nil, why */
+static int net_open_batch(lua_State *L)
+{
+    lkey *k = luaL_checkudata(L, 1, KEY_MT);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
+        return luaL_error(L, "out of memory");
+    if (len < SS_HEADER_SIZE + 4)
+        return luaL_error(L, "not a sealed batch (too short)");
+    size_t llen = ss_get_u32((const uint8_t *)s + SS_HEADER_SIZE);
+    if (len < SS_HEADER_SIZE + 4 + llen)
+        return luaL_error(L, "not a sealed batch (truncated lineage)");
+    const uint8_t *plain;
+    size_t plen;
+    char why[200];
+    if (ss_envelope_open(k->env, (const uint8_t *)s, s + SS_HEADER_SIZE + 4, llen,
+                         s + SS_HEADER_SIZE + 4 + llen, len - SS_HEADER_SIZE - 4 - llen, &plain, &plen,
+                         why, sizeof why) != SS_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    ss_batch_reader r;
+    if (ss_batch_reader_init(&r, plain, plen) != SS_OK)
+        return luaL_error(L, "an authentic batch that is not a MessagePack array");
+    lua_createtable(L, (int)r.count, 0);
+    for (lua_Integer i = 1;; i++) {
+        ss_err e = ss_batch_reader_next(&r, L, why, sizeof why);
+        if (e == SS_ERR_CLOSED)
+            break;
+        if (e != SS_OK)
+            return luaL_error(L, "event %d: %s", (int)i, why);
+        lua_rawseti(L, -2, i);
+    }
+    return 1;
+}
+
 /* ---- consumer ---- */
 
 typedef struct {
@@ -852,7 +952,8 @@ int luaopen_securestreams_net(lua_State *L)
         { "lineage_ids", net_lineage_ids }, { "new_id", net_new_id }, { "hex", net_hex },
         { "now", net_now }, { "ready", net_ready }, { "key", net_key },
         { "open_record", net_open_record }, { "raw", net_raw }, { "decode", net_decode },
-        { NULL, NULL } };
+        { "seal_batch", net_seal_batch }, { "open_batch", net_open_batch },
+        { "split_batch", net_split_batch }, { NULL, NULL } };
     new_class(L, CONSUMER_MT, consumer_m, consumer_close);
     new_class(L, PRODUCER_MT, producer_m, producer_close);
     new_class(L, WRITER_MT, writer_m, writer_gc);

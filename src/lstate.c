@@ -37,6 +37,8 @@ static int open_all(lua_State *L)
     lua_setfield(L, -2, "json");
     lua_pushcfunction(L, luaopen_securestreams_net);
     lua_setfield(L, -2, "securestreams.net");
+    lua_pushcfunction(L, luaopen_securestreams_enclave);
+    lua_setfield(L, -2, "securestreams.enclave");
     for (lua_Integer i = 0; ss_lua_sources[i].name; i++) {
         lua_pushinteger(L, i);
         lua_pushcclosure(L, load_embedded, 1);

@@ -25,6 +25,7 @@ int ss_lua_pcall(lua_State *L, int nargs, int nresults);
 int ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv);
 
 int luaopen_securestreams_net(lua_State *L);
+int luaopen_securestreams_enclave(lua_State *L);
 
 int ss_cmd_lua(int argc, char **argv);
 

@@ -401,6 +401,7 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
     backend = config.enclave ~= '1' and config.enclave or nil,
     script = spec.script, code = spec.code, name = spec.name, key_file = config.key_file,
     stage = config.stage or config.name, fail = config.on_error == 'fail', producer = lopts.id,
+    pos = config.pos,
   })
   net.ready()
   local stateful = enc:stateful()

@@ -1,0 +1,112 @@
+# The enclave mode: results equal plain; user code runs sealed off; neither
+# the input's plaintext nor the data key ever reach a worker's host process
+# or a router.
+. "$(dirname "$0")/lib.sh"
+SPEC="$ROOT/examples/flights/flights.spec.lua"
+F=$(flights 200000)
+expected "$F" >"$T/expected"
+"$SS" keygen -o "$T/key" >/dev/null 2>&1
+hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
+
+for w in 1 2,2,2; do
+    if "$SS" run "$SPEC" --input "$F" --workers $w --security enclave --key "$T/key" \
+        --summary-json "$T/s.json" >"$T/out" 2>"$T/err"; then
+        results "$T/out" >"$T/actual"
+        same "enclave, workers $w: results equal awk" "$T/expected" "$T/actual"
+        check "enclave, workers $w: complete" grep -q '"complete":true' "$T/s.json"
+    else
+        notok "enclave, workers $w" "exit status $?"
+        tail -20 "$T/err"
+    fi
+done
+
+# Only the mappers in enclaves (the seed's first configuration).
+sed -e 's/{ name = "mapper",  script = "mapper.lua",  workers = 2 }/{ name = "mapper", script = "mapper.lua", workers = 2, enclave = true }/' \
+    -e "s|script = \"|script = \"$ROOT/examples/flights/|" "$SPEC" >"$T/mapper-enclave.spec.lua"
+"$SS" run "$T/mapper-enclave.spec.lua" --input "$F" --security encrypted --key "$T/key" >"$T/out" 2>"$T/err"
+rc=$?
+check "mappers only in enclaves: only the mapper stage has enclaves" test "$(grep -c 'enclave = true' "$T/mapper-enclave.spec.lua")" -eq 1
+check "mappers only in enclaves: exit 0" test $rc -eq 0
+results "$T/out" >"$T/actual"
+same "mappers only in enclaves: results equal awk" "$T/expected" "$T/actual"
+
+# Seed-style scripts with sgx-rx, wired by hand.
+S="$ROOT/examples/flights/sgx"
+export SS_KEY_FILE="$T/key"
+for r in data map filt red; do start_router $r || exit 1; done
+FROM=$BACK_data TO=$FRONT_map SS_NAME=mapper bg "$SS" lua "$S/mapper.lua"
+FROM=$BACK_map TO=$FRONT_filt SS_NAME=filter bg "$SS" lua "$S/filter.lua"
+FROM=$BACK_filt TO=$FRONT_red SS_NAME=reducer bg "$SS" lua "$S/reducer.lua"
+DATA_FILE=$F TO=$FRONT_data SS_NAME=source bg "$SS" lua "$ROOT/examples/flights/seed/data-stream.lua"
+if FROM=$BACK_red timeout 300 "$SS" lua "$ROOT/examples/flights/seed/printer.lua" >"$T/out" 2>"$T/err"; then
+    results "$T/out" >"$T/actual"
+    same "sgx-rx seed scripts wired by hand equal awk" "$T/expected" "$T/actual"
+else
+    notok "sgx-rx seed scripts" "exit status $?"
+    tail -20 "$T/err"
+fi
+unset SS_KEY_FILE
+
+# Memory: a canary from the input and the key, looked for mid-run in every
+# router and every worker's host process, and (control) in an enclave.
+awk -F, 'BEGIN { OFS = "," } NR > 1 && NR % 50 == 0 { $9 = "CANARY42" } { print }' "$(flights 1000000)" >"$T/canary.csv"
+KEYHEX=$(sed -n 's/^key //p' "$T/key")
+"$SS" run "$ROOT/tests/fixtures/slow-enclave.spec.lua" --input "$T/canary.csv" --key "$T/key" \
+    >"$T/out" 2>"$T/err" &
+run=$!
+PIDS="$PIDS $run"
+sleep 2
+children=$(pgrep -f 'securestreams enclave-child')
+control=0
+for p in $children; do
+    n=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    k=$("$SS_BUILD/memscan" "$p" "$KEYHEX" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    [ "$n" -gt 0 ] && [ "$k" -gt 0 ] && control=1
+done
+hosts=$(pgrep -f 'securestreams (worker|router) ')
+found=0
+for p in $hosts; do
+    n=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" "$KEYHEX" "$(hex "$KEYHEX")" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    found=$((found + n))
+done
+check "memory: the run was still going after the scan" kill -0 $run
+wait $run
+rc=$?
+check "memory: scanned mid-run (hosts and enclaves found)" sh -c "test -n '$hosts' && test -n '$children'"
+check "memory: canary and key absent from every router and worker host" test "$found" -eq 0
+check "memory (control): an enclave holds both the canary and the key" test "$control" -eq 1
+check "memory: the run then completes" test "$rc" -eq 0
+check "memory: the canary reaches the sink" grep -q '^CANARY42 ' "$T/out"
+
+# A stage that tries to escape: every attempt fails, the run goes on.
+rm -f /tmp/securestreams-escape-*
+"$SS" run "$ROOT/tests/fixtures/escape.spec.lua" --input "$F" --key "$T/key" --summary-json "$T/s.json" \
+    >"$T/out" 2>"$T/err"
+check "escape attempts: run completes" test $? -eq 0
+check "escape attempts: io.open named as unavailable" grep -q 'io.open is not available in the enclave' "$T/err"
+check "escape attempts: every record skipped" grep -q '^records 0$' "$T/out"
+check "escape attempts: no file was created" sh -c "! ls /tmp/securestreams-escape-* 2>/dev/null"
+
+# The measurement a key-release policy would check.
+cp "$ROOT/examples/flights/mapper.lua" "$T/stage.lua"
+m1=$("$SS" measure "$T/stage.lua" | cut -d' ' -f1)
+m2=$("$SS" measure "$T/stage.lua" | cut -d' ' -f1)
+echo '-- one more line' >>"$T/stage.lua"
+m3=$("$SS" measure "$T/stage.lua" | cut -d' ' -f1)
+check "measure: 64 hex digits" sh -c "echo '$m1' | grep -Eq '^[0-9a-f]{64}$'"
+check "measure: stable" test "$m1" = "$m2"
+check "measure: depends on the stage code" test "$m1" != "$m3"
+
+# The seed's primitives: require 'sgx' (a mock without an enclave, named so).
+cat >"$T/prim.lua" <<'LUA'
+local sgx = require 'sgx'
+local sealed = sgx.sgxencrypt({ 'a,1', 'b,2', 'c,3' })
+assert(not sealed:find('b,2', 1, true), 'plaintext in a sealed batch')
+local code = [[local csv = require 'csv'
+return function(stream) return stream:map(function(l) local f = csv.parse(l); return f[1] .. f[2] end) end]]
+print(sgx.mock, table.concat(sgx.sgxdecrypt(sgx.sgxprocess(code, sealed)), ' '))
+LUA
+check "sgx primitives without an enclave: a mock, named so" sh -c \
+    "SS_KEY_FILE='$T/key' '$SS' lua '$T/prim.lua' | grep -qx 'true	a1 b2 c3'"
+check "sgx primitives with the isolated enclave" sh -c \
+    "SS_ENCLAVE=isolated SS_KEY_FILE='$T/key' '$SS' lua '$T/prim.lua' | grep -qx 'false	a1 b2 c3'"
