@@ -10,6 +10,9 @@
  * problem, e.g. "csv: unterminated quoted field starting at column 3"; the
  * caller (a mapper) decides whether to skip the line.
  *
+ * csv.fields(line, i, j, ...) returns the number of fields and only the
+ * columns asked for: a mapper that reads two of 29 columns makes two strings.
+ *
  * The parser makes one pass over the line (plus a counting pass to size the
  * table). Fields are pushed straight from the line with lua_pushlstring; only
  * a quoted field containing "" goes through a luaL_Buffer.
@@ -33,19 +36,84 @@ static void push_unescaped(lua_State *L, const char *b, const char *e)
     luaL_pushresult(&buf);
 }
 
+/* One field starting at *pp: sets [*b, *e) to its body (without quotes),
+ * *escaped when it holds "" escapes, and *pp past its separator; returns 1
+ * when more fields follow, 0 at the end of the line. Raises the errors the
+ * module promises. */
+static int next_field(lua_State *L, const char **pp, const char *end, char sep, int col,
+                      const char **b, const char **e, int *escaped)
+{
+    const char *p = *pp;
+    *escaped = 0;
+    if (p < end && *p == '"') {
+        const char *body = ++p;
+        for (;;) {
+            const char *q = memchr(p, '"', (size_t)(end - p));
+            if (!q)
+                return luaL_error(L, "csv: unterminated quoted field starting at column %d", col);
+            if (q + 1 < end && q[1] == '"') {
+                *escaped = 1;
+                p = q + 2;
+                continue;
+            }
+            p = q;
+            break;
+        }
+        *b = body;
+        *e = p;
+        p++;   /* the closing quote */
+        if (p == end) {
+            *pp = p;
+            return 0;
+        }
+        if (*p != sep)
+            return luaL_error(L, "csv: unexpected character after the closing quote of column %d", col);
+        *pp = p + 1;
+        return 1;
+    }
+    const char *field = p;
+    while (p < end && *p != sep) {
+        if (*p == '"')
+            return luaL_error(L, "csv: quote inside unquoted field at column %d", col);
+        p++;
+    }
+    *b = field;
+    *e = p;
+    if (p == end) {
+        *pp = p;
+        return 0;
+    }
+    *pp = p + 1;
+    return 1;
+}
+
+static void push_field(lua_State *L, const char *b, const char *e, int escaped)
+{
+    if (escaped)
+        push_unescaped(L, b, e);
+    else
+        lua_pushlstring(L, b, (size_t)(e - b));
+}
+
+/* The line without one trailing "\n", then one trailing "\r". */
+static const char *check_line(lua_State *L, int idx, size_t *len)
+{
+    const char *s = luaL_checklstring(L, idx, len);
+    if (*len > 0 && s[*len - 1] == '\n')
+        (*len)--;
+    if (*len > 0 && s[*len - 1] == '\r')
+        (*len)--;
+    return s;
+}
+
 static int csv_parse(lua_State *L)
 {
     size_t len, seplen;
-    const char *s = luaL_checklstring(L, 1, &len);
+    const char *s = check_line(L, 1, &len);
     const char *seps = luaL_optlstring(L, 2, ",", &seplen);
     luaL_argcheck(L, seplen == 1 && seps[0] != '"' && seps[0] != '\r' && seps[0] != '\n', 2,
                   "separator must be one character, not a quote or a newline");
     const char sep = seps[0];
-
-    if (len > 0 && s[len - 1] == '\n')
-        len--;
-    if (len > 0 && s[len - 1] == '\r')
-        len--;
     const char *p = s, *end = s + len;
 
     int nfields = 1;   /* an upper bound: separators inside quotes count too */
@@ -54,51 +122,60 @@ static int csv_parse(lua_State *L)
     lua_createtable(L, nfields, 0);
 
     for (int col = 1;; col++) {
-        if (p < end && *p == '"') {
-            const char *body = ++p;
-            int escaped = 0;
-            for (;;) {
-                const char *q = memchr(p, '"', (size_t)(end - p));
-                if (!q)
-                    return luaL_error(L, "csv: unterminated quoted field starting at column %d", col);
-                if (q + 1 < end && q[1] == '"') {
-                    escaped = 1;
-                    p = q + 2;
-                    continue;
-                }
-                p = q;
-                break;
-            }
-            if (escaped)
-                push_unescaped(L, body, p);
-            else
-                lua_pushlstring(L, body, (size_t)(p - body));
-            lua_rawseti(L, -2, col);
-            p++;   /* the closing quote */
-            if (p == end)
-                break;
-            if (*p != sep)
-                return luaL_error(L, "csv: unexpected character after the closing quote of column %d", col);
-            p++;
-        } else {
-            const char *field = p;
-            while (p < end && *p != sep) {
-                if (*p == '"')
-                    return luaL_error(L, "csv: quote inside unquoted field at column %d", col);
-                p++;
-            }
-            lua_pushlstring(L, field, (size_t)(p - field));
-            lua_rawseti(L, -2, col);
-            if (p == end)
-                break;
-            p++;
-        }
+        const char *b, *e;
+        int escaped;
+        int more = next_field(L, &p, end, sep, col, &b, &e, &escaped);
+        push_field(L, b, e, escaped);
+        lua_rawseti(L, -2, col);
+        if (!more)
+            break;
     }
     return 1;
 }
 
+/* csv.fields(line, i, j, ...) -> n, field i, field j, ...: the number of
+ * fields and only the columns asked for (nil past the last one), checking
+ * the whole line like parse but making no table and no string for the other
+ * columns. Comma-separated. */
+static int csv_fields(lua_State *L)
+{
+    size_t len;
+    const char *s = check_line(L, 1, &len);
+    int nwant = lua_gettop(L) - 1;
+    luaL_checkstack(L, nwant + 2, "too many columns asked for");
+    int maxcol = 0;
+    for (int i = 0; i < nwant; i++) {
+        lua_Integer c = luaL_checkinteger(L, i + 2);
+        luaL_argcheck(L, c >= 1 && c <= 1000000, i + 2, "column numbers start at 1");
+        if (c > maxcol)
+            maxcol = (int)c;
+    }
+    int base = lua_gettop(L);
+    for (int i = 0; i < nwant; i++)
+        lua_pushnil(L);
+    const char *p = s, *end = s + len;
+    int col = 1;
+    for (;; col++) {
+        const char *b, *e;
+        int escaped;
+        int more = next_field(L, &p, end, ',', col, &b, &e, &escaped);
+        if (col <= maxcol)
+            for (int i = 0; i < nwant; i++)
+                if (lua_tointeger(L, i + 2) == col) {
+                    push_field(L, b, e, escaped);
+                    lua_replace(L, base + 1 + i);
+                }
+        if (!more)
+            break;
+    }
+    lua_pushinteger(L, col);
+    lua_insert(L, base + 1);
+    return nwant + 1;
+}
+
 static const luaL_Reg csv_funcs[] = {
     {"parse", csv_parse},
+    {"fields", csv_fields},
     {NULL, NULL},
 };
 

@@ -25,3 +25,8 @@ results "$T/out" >"$T/actual"
 same "Listing 8.2 style single process equals awk" "$T/expected" "$T/actual"
 check "a script error exits 1 with its message" sh -c "'$SS' lua -e 'error(\"bad thing\")' 2>&1 | grep -q 'bad thing'; test \$? -eq 0 && ! '$SS' lua -e 'error(1)' 2>/dev/null"
 check "csv and json are available" sh -c "'$SS' lua -e 'local c=require\"csv\".parse(\"a,\\\"b,c\\\"\"); local j=require\"json\"; assert(c[2]==\"b,c\"); assert(j.decode(j.encode({x=1})).x==1)'"
+check "csv.fields: count and chosen columns, nil past the end" sh -c "'$SS' lua -e '
+local csv = require \"csv\"
+local n, b, d, z, a = csv.fields(\"a,\\\"b,c\\\",d\", 2, 3, 5, 1)
+assert(n == 3 and b == \"b,c\" and d == \"d\" and z == nil and a == \"a\", \"fields\")
+assert(not pcall(csv.fields, \"a,\\\"b\", 1), \"malformed line accepted\")'"
