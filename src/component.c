@@ -24,6 +24,7 @@ static void usage(FILE *f, const char *role)
             "  --from ADDR       router to receive from (env FROM)\n"
             "%s"
             "  --script FILE     %s\n"
+            "                    (a worker given several runs them fused, in order, in one process)\n"
             "  --name NAME       name in logs and statistics (default %s)\n"
             "  --stage NAME      stage name in the statistics\n"
             "  --on-error MODE   skip (count and log bad records) or fail (stop)\n"
@@ -52,13 +53,21 @@ static int run_component(const char *role, int argc, char **argv)
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
     const char *from = getenv("FROM"), *to = getenv("TO"), *script = NULL, *name = role;
+    const char *scripts[16];
+    int nscripts = 0;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': from = optarg; break;
         case 't': to = optarg; break;
-        case 's': script = optarg; break;
+        case 's':
+            if (nscripts == (int)(sizeof scripts / sizeof scripts[0])) {
+                fprintf(stderr, "securestreams %s: at most 16 scripts\n", role);
+                return SS_EXIT_USAGE;
+            }
+            script = scripts[nscripts++] = optarg;
+            break;
         case 'n': name = optarg; setenv("SS_NAME", optarg, 1); break;
         case 'g': setenv("SS_STAGE", optarg, 1); break;
         case 'e': setenv("SS_ON_ERROR", optarg, 1); break;
@@ -92,7 +101,11 @@ static int run_component(const char *role, int argc, char **argv)
     lua_pushliteral(L, "ss-stage");
     lua_call(L, 1, 1);
     lua_pushstring(L, role);
-    lua_pushstring(L, script);
+    lua_createtable(L, nscripts, 0);
+    for (int i = 0; i < nscripts; i++) {
+        lua_pushstring(L, scripts[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
     lua_pushstring(L, from);
     lua_pushstring(L, to ? to : "");
     if (ss_lua_pcall(L, 4, 1) != LUA_OK) {

@@ -204,6 +204,8 @@ static void usage(FILE *f)
             "  --security MODE       plain; encrypted (every batch sealed; needs --key); enclave\n"
             "                        (encrypted, and every stage's code in an enclave)\n"
             "  --enclave-backend B   isolated (default: a seccomp-locked child) or inprocess\n"
+            "  --fuse                run all stages in each worker, in order (one stage of\n"
+            "                        workers, no routers between the stages)\n"
             "  --key FILE            the data key (securestreams keygen -o FILE)\n"
             "  --on-error skip|fail  skip and count bad records (default), or stop the run\n"
             "  --summary-json FILE   also write the summary as JSON\n"
@@ -246,17 +248,18 @@ int ss_cmd_run(int argc, char **argv)
         { "security", required_argument, 0, 's' }, { "on-error", required_argument, 0, 'e' },
         { "summary-json", required_argument, 0, 'j' }, { "help", no_argument, 0, 'h' },
         { "verbose", no_argument, 0, 'v' }, { "key", required_argument, 0, 'k' },
-        { "enclave-backend", required_argument, 0, 'B' },
+        { "enclave-backend", required_argument, 0, 'B' }, { "fuse", no_argument, 0, 'F' },
         { 0, 0, 0, 0 } };
     const char *input = NULL, *workers = NULL, *security = NULL, *on_error = NULL, *summary = NULL;
     const char *keyfile = NULL, *enclave_backend = NULL;
-    int c, verbose = 0;
+    int c, verbose = 0, fuse = 0;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 'v': verbose = 1; break;
         case 'k': keyfile = optarg; break;
         case 'B': enclave_backend = optarg; break;
+        case 'F': fuse = 1; break;
         case 'i': input = optarg; break;
         case 'w': workers = optarg; break;
         case 's': security = optarg; break;
@@ -284,6 +287,10 @@ int ss_cmd_run(int argc, char **argv)
     run_t *r = calloc(1, sizeof *r);
     if (!r)
         goto out;
+    if (fuse)
+        spec.fuse = 1;
+    if (spec.fuse)
+        ss_spec_fuse(&spec);
     if (workers && parse_workers(workers, &spec, err, sizeof err) != 0) {
         fprintf(stderr, "securestreams run: %s\n", err);
         goto out;
@@ -423,10 +430,14 @@ int ss_cmd_run(int argc, char **argv)
             char name[64], pos[16];
             snprintf(name, sizeof name, "%s#%d", spec.stages[i].name, w + 1);
             snprintf(pos, sizeof pos, "%d", i + 1);
-            char *args[] = { (char *)"securestreams", (char *)"worker", (char *)"--from",
-                             r->endpoints[i][1], (char *)"--to", r->endpoints[i + 1][0],
-                             (char *)"--script", spec.stages[i].script, (char *)"--name", name,
-                             (char *)"--stage", spec.stages[i].name, (char *)"--pos", pos, NULL };
+            char *args[16 + 2 * SS_MAX_STAGES] = {
+                (char *)"securestreams", (char *)"worker", (char *)"--from", r->endpoints[i][1],
+                (char *)"--to", r->endpoints[i + 1][0], (char *)"--script", spec.stages[i].script,
+                (char *)"--name", name, (char *)"--stage", spec.stages[i].name, (char *)"--pos", pos };
+            for (int k = 0, a = 14; k < spec.stages[i].nfused; k++) {
+                args[a++] = (char *)"--script";
+                args[a++] = spec.stages[i].fused[k];
+            }
             char *env[] = { stream_env, onerr_env, key_env, enclave_env, NULL };
             pid_t pid = spawn(args, spec.stages[i].enclave ? env : common_env, &ready[nready]);
             if (pid < 0)

@@ -120,7 +120,7 @@ static ss_err parse(ctx *c, ss_spec *s)
 {
     lua_State *L = c->L;
     static const char *const top_keys[] = { "name", "source", "stages", "sink", "security",
-                                            "on_error", "key", NULL };
+                                            "on_error", "key", "fuse", NULL };
     static const char *const source_keys[] = { "file", "header", "batch_bytes", NULL };
     static const char *const stage_keys[] = { "name", "script", "workers", "enclave", NULL };
     static const char *const sink_keys[] = { "script", NULL };
@@ -134,8 +134,11 @@ static ss_err parse(ctx *c, ss_spec *s)
         (e = get_string(c, top, "on_error", "spec", 0, "skip", &s->on_error)) != SS_OK)
         return e;
     char *key = NULL;
-    if ((e = get_string(c, top, "key", "spec", 0, NULL, &key)) != SS_OK)
+    if ((e = get_string(c, top, "key", "spec", 0, NULL, &key)) != SS_OK ||
+        (e = get_bool(c, top, "fuse", "spec", 0, &s->fuse)) != SS_OK) {
+        free(key);
         return e;
+    }
     if (key) {
         s->key = resolve(c, key);
         free(key);
@@ -268,10 +271,43 @@ void ss_spec_cleanup(ss_spec *s)
     for (int i = 0; i < s->nstages; i++) {
         free(s->stages[i].name);
         free(s->stages[i].script);
+        for (int k = 0; k < s->stages[i].nfused; k++)
+            free(s->stages[i].fused[k]);
     }
     free(s->sink_script);
     free(s->security);
     free(s->key);
     free(s->on_error);
     memset(s, 0, sizeof *s);
+}
+
+void ss_spec_fuse(ss_spec *s)
+{
+    if (s->nstages < 2)
+        return;
+    ss_stage_spec *first = &s->stages[0];
+    size_t len = 1;
+    for (int i = 0; i < s->nstages; i++)
+        len += strlen(s->stages[i].name) + 1;
+    char *name = malloc(len);
+    if (!name)
+        return;
+    name[0] = '\0';
+    for (int i = 0; i < s->nstages; i++) {
+        if (i)
+            strcat(name, "+");
+        strcat(name, s->stages[i].name);
+    }
+    for (int i = 1; i < s->nstages; i++) {
+        ss_stage_spec *g = &s->stages[i];
+        first->fused[first->nfused++] = g->script;
+        if (g->workers > first->workers)
+            first->workers = g->workers;
+        first->enclave |= g->enclave;
+        free(g->name);
+        memset(g, 0, sizeof *g);
+    }
+    free(first->name);
+    first->name = name;
+    s->nstages = 1;
 }

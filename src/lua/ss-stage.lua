@@ -57,23 +57,50 @@ local function report(summary)
   end
 end
 
-return function(role, script, from, to)
-  if role == 'worker' and ZmqRx.config.enclave then
-    -- the stage's code is loaded by the enclave, never by this process
-    return ZmqRx.enclave_worker({ script = script }, from, to)
+-- The code an enclave loads for stages fused in one worker: each script's
+-- text as a function, composed in order.
+local function fused_code(scripts)
+  local out, names = {}, {}
+  for i, path in ipairs(scripts) do
+    local f = assert(io.open(path, 'r'))
+    local text = f:read('a')
+    f:close()
+    out[#out + 1] = ('local stage%d = (function(...)\n%s\nend)()'):format(i, text)
+    names[#names + 1] = ('stage%d'):format(i)
   end
-  local fn = load_stage(script)
+  out[#out + 1] = 'return function(stream)'
+  for _, n in ipairs(names) do out[#out + 1] = ('  stream = %s(stream)'):format(n) end
+  out[#out + 1] = '  return stream\nend'
+  return table.concat(out, '\n')
+end
+
+-- role: "worker" or "sink"; scripts: the script paths (several for a worker
+-- runs those stages fused, each one's output feeding the next).
+return function(role, scripts, from, to)
+  if role == 'worker' and ZmqRx.config.enclave then
+    -- the stage's code is loaded by the enclave, never run by this process
+    if #scripts == 1 then
+      return ZmqRx.enclave_worker({ script = scripts[1] }, from, to)
+    end
+    return ZmqRx.enclave_worker({ code = fused_code(scripts), name = '=' .. table.concat(scripts, '+') },
+      from, to)
+  end
+  local fns = {}
+  for i, path in ipairs(scripts) do fns[i] = load_stage(path) end
   local stream = ZmqRx.Subject.fromZmqSocket(from)
   if role == 'sink' then
-    fn(stream)
+    fns[1](stream)
     local summary = ZmqRx.summary()
     report(summary)
     return summary
   end
-  local out = fn(stream)
-  if type(out) ~= 'table' or type(out.subscribeToSocket) ~= 'function' then
-    error(('%s: the stage function must return an observable (the output stream), got %s')
-      :format(script, type(out)), 0)
+  local out = stream
+  for i, fn in ipairs(fns) do
+    out = fn(out)
+    if type(out) ~= 'table' or type(out.subscribeToSocket) ~= 'function' then
+      error(('%s: the stage function must return an observable (the output stream), got %s')
+        :format(scripts[i], type(out)), 0)
+    end
   end
   return out:subscribeToSocket(to)
 end

@@ -16,4 +16,13 @@ for w in 1 2 4 3,2,1 1,3,2; do
         tail -20 "$T/err"
     fi
 done
+# Stages fused in each worker: one stage of workers, no routers between them.
+for w in 1 3; do
+    "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --fuse --workers $w \
+        --summary-json "$T/summary.json" >"$T/out" 2>"$T/err"
+    check "run --fuse --workers $w: exit 0" test $? -eq 0
+    results "$T/out" >"$T/actual"
+    same "run --fuse --workers $w equals awk" "$T/expected" "$T/actual"
+    check "run --fuse --workers $w: one fused stage" grep -q '"stage":"mapper+filter+reducer"' "$T/summary.json"
+done
 check "no process left behind" sh -c "! pgrep -f 'securestreams (router|worker|sink|source)' >/dev/null"
