@@ -78,7 +78,11 @@ check "truncated: exit 1" test $? -eq 1
 check "truncated: says so" grep -q 'truncated after batch [0-9]* (no end-of-stream record)' "$T/err"
 check "truncated: no partial plaintext" test ! -e "$T/half" -a ! -e "$T/half.tmp"
 cp "$T/sealed" "$T/bad.sealed"
-printf 'X' | dd of="$T/bad.sealed" bs=1 seek=$((size / 3)) conv=notrunc 2>/dev/null
+# flip one bit of the byte at a third of the file (writing a fixed byte
+# would change nothing when the byte already had that value)
+byte=$(od -An -tu1 -j $((size / 3)) -N 1 "$T/bad.sealed" | tr -d ' ')
+printf "\\$(printf '%03o' $((byte ^ 1)))" | dd of="$T/bad.sealed" bs=1 seek=$((size / 3)) conv=notrunc 2>/dev/null
+check "one byte changed: the file differs" sh -c "! cmp -s '$T/sealed' '$T/bad.sealed'"
 "$SS" decrypt -k "$T/key" "$T/bad.sealed" "$T/bad" 2>"$T/err"
 check "one byte changed: exit 1" test $? -eq 1
 check "one byte changed: authentication or framing fails" \

@@ -30,4 +30,14 @@ kill_test() { # stage victim_name
 }
 kill_test mapper 'mapper#2'
 kill_test reducer 'reducer#1'
-check "no process left behind" sh -c "! pgrep -f 'securestreams (router|worker|sink|source)' >/dev/null"
+# Ctrl-C: the run stops every component and says so.
+setsid "$SS" run "$SPEC" --input "$F" >"$T/out" 2>"$T/err" &
+sid=$!
+sleep 1.5
+kill -INT $sid
+wait $sid
+rc=$?
+check "interrupted: exit status 130" test $rc -eq 130
+check "interrupted: says so" grep -q 'interrupted, stopping every component' "$T/err"
+sleep 0.2
+check "interrupted: no process left behind" sh -c "! pgrep -s $sid >/dev/null"

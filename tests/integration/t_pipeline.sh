@@ -25,4 +25,8 @@ for w in 1 3; do
     same "run --fuse --workers $w equals awk" "$T/expected" "$T/actual"
     check "run --fuse --workers $w: one fused stage" grep -q '"stage":"mapper+filter+reducer"' "$T/summary.json"
 done
-check "no process left behind" sh -c "! pgrep -f 'securestreams (router|worker|sink|source)' >/dev/null"
+# Every component a run starts belongs to its session; none outlives it.
+setsid "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers 2 >/dev/null 2>&1 &
+sid=$!
+wait $sid
+check "no process left behind" sh -c "! pgrep -s $sid >/dev/null"
