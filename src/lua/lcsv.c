@@ -141,14 +141,15 @@ static int csv_fields(lua_State *L)
 {
     size_t len;
     const char *s = check_line(L, 1, &len);
-    int nwant = lua_gettop(L) - 1;
+    int nwant = lua_gettop(L) - 1, want[32], maxcol = 0;
+    luaL_argcheck(L, nwant <= 32, 34, "at most 32 columns");
     luaL_checkstack(L, nwant + 2, "too many columns asked for");
-    int maxcol = 0;
     for (int i = 0; i < nwant; i++) {
         lua_Integer c = luaL_checkinteger(L, i + 2);
         luaL_argcheck(L, c >= 1 && c <= 1000000, i + 2, "column numbers start at 1");
-        if (c > maxcol)
-            maxcol = (int)c;
+        want[i] = (int)c;
+        if (want[i] > maxcol)
+            maxcol = want[i];
     }
     int base = lua_gettop(L);
     for (int i = 0; i < nwant; i++)
@@ -161,7 +162,7 @@ static int csv_fields(lua_State *L)
         int more = next_field(L, &p, end, ',', col, &b, &e, &escaped);
         if (col <= maxcol)
             for (int i = 0; i < nwant; i++)
-                if (lua_tointeger(L, i + 2) == col) {
+                if (want[i] == col) {
                     push_field(L, b, e, escaped);
                     lua_replace(L, base + 1 + i);
                 }
