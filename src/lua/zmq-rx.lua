@@ -278,6 +278,27 @@ function ZmqRx._sink_loop(source, observer)
   return Rx.Subscription.create(function() end)
 end
 
+-- Input batches are acknowledged upstream once the downstream router has
+-- receipted the output that covers them (docs/architecture.md).
+local function acknowledger(producer, consumer)
+  local pending, head, tail = {}, 1, 0
+  local acks = {}
+  function acks.settle()
+    local receipted = producer:receipted()
+    while head <= tail and pending[head].pubseq < receipted do
+      for _, tag in ipairs(pending[head].tags) do consumer:ack(tag) end
+      pending[head] = nil
+      head = head + 1
+    end
+  end
+  function acks.add(pubseq, tags)
+    tail = tail + 1
+    pending[tail] = { pubseq = pubseq, tags = tags }
+    acks.settle()
+  end
+  return acks
+end
+
 -- Worker: chain rooted at a zmq source, sent to a router.
 local function worker_loop(chain, source, addr, opts)
   local lopts = link_opts(opts)
@@ -293,17 +314,9 @@ local function worker_loop(chain, source, addr, opts)
   local reject, fresh = rejecter(stats)
   Rx.util.onUserError = hook
 
-  local pending, head, tail = {}, 1, 0          -- published outputs awaiting receipt
+  local acks = acknowledger(producer, consumer)
+  local settle = acks.settle
   local group = nil                             -- { tags, lineages, batches, origin }
-
-  local function settle()
-    local receipted = producer:receipted()
-    while head <= tail and pending[head].pubseq < receipted do
-      for _, tag in ipairs(pending[head].tags) do consumer:ack(tag) end
-      pending[head] = nil
-      head = head + 1
-    end
-  end
 
   local function chain_error(err)
     Failure.message = Failure.message or ('%s: %s'):format(describe(cur), tostring(err))
@@ -330,9 +343,7 @@ local function worker_loop(chain, source, addr, opts)
     stats.out = stats.out + writer:count()
     local pubseq = producer:publish(writer, lineage, g.batches == 1 and g.origin or 0)
     writer:reset()
-    tail = tail + 1
-    pending[tail] = { pubseq = pubseq, tags = g.tags }
-    settle()
+    acks.add(pubseq, g.tags)
   end
 
   while true do
@@ -405,17 +416,9 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
   })
   net.ready()
   local stateful = enc:stateful()
-  local pending, head, tail = {}, 1, 0
+  local acks = acknowledger(producer, consumer)
+  local settle = acks.settle
   local group, logged = nil, 0
-
-  local function settle()
-    local receipted = producer:receipted()
-    while head <= tail and pending[head].pubseq < receipted do
-      for _, tag in ipairs(pending[head].tags) do consumer:ack(tag) end
-      pending[head] = nil
-      head = head + 1
-    end
-  end
   local function note(r)
     if r.message ~= '' and logged < config.log_limit then
       logged = logged + 1
@@ -425,13 +428,10 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
   end
   local function publish(r, tags)
     if r.output then
-      local pubseq = producer:publish_raw(r.header, r.lineage, r.payload)
-      tail = tail + 1
-      pending[tail] = { pubseq = pubseq, tags = tags }
+      acks.add(producer:publish_raw(r.header, r.lineage, r.payload), tags)
     else
       for _, tag in ipairs(tags) do consumer:ack(tag) end
     end
-    settle()
   end
   local function flush()
     local g = group
