@@ -7,6 +7,8 @@
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static const char *component = "securestreams";
@@ -47,6 +49,21 @@ static void vlog(const char *fmt, va_list ap)
 
 void ss_log(const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap);
+    va_end(ap);
+}
+
+void ss_log_info(const char *fmt, ...)
+{
+    static int quiet = -1;
+    if (quiet < 0) {
+        const char *level = getenv("SS_LOG");
+        quiet = level && !strcmp(level, "warn");
+    }
+    if (quiet)
+        return;
     va_list ap;
     va_start(ap, fmt);
     vlog(fmt, ap);

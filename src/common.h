@@ -32,6 +32,9 @@ const char *ss_strerror(ss_err e);
 /* Name used as the prefix of every log line of this process. Not copied. */
 void ss_log_init(const char *component);
 void ss_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Progress a user wiring components by hand wants to see (joins, end of
+ * stream, counters); silent when SS_LOG=warn, as `run` sets unless --verbose. */
+void ss_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Log at most `limit` messages for a given counter; returns 1 if logged. */
 int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -388,6 +388,9 @@ int ss_cmd_run(int argc, char **argv)
     snprintf(summary_env, sizeof summary_env, "SS_SUMMARY_FILE=%s", summary ? summary : "");
     char enclave_env[64];
     snprintf(enclave_env, sizeof enclave_env, "SS_ENCLAVE=%s", enclave_backend ? enclave_backend : "isolated");
+    /* Components say only what goes wrong unless --verbose. */
+    if (!verbose)
+        setenv("SS_LOG", "warn", 0);
     char *router_env[] = { stream_env, onerr_env, NULL };
     char *common_env[] = { stream_env, onerr_env, key_env, NULL };
     rc = SS_EXIT_ERROR;

@@ -560,7 +560,7 @@ static void bury(ss_router_state_t *s, member *m)
         ss_log("%s %s (id %016llx): %s; %zu unacknowledged batches go back to the queue",
                role_name(m->side), m->name, (unsigned long long)m->id, m->why, n);
     else
-        ss_log("%s %s (id %016llx): %s", role_name(m->side), m->name,
+        ss_log_info("%s %s (id %016llx): %s", role_name(m->side), m->name,
                (unsigned long long)m->id, m->why);
     free(m);
 }
@@ -670,7 +670,7 @@ static void check_end(ss_router_state_t *s)
                 c->eos_listed = 1;
             }
         }
-        ss_log("end of stream: every producer finished, %llu batches in, %llu duplicates; "
+        ss_log_info("end of stream: every producer finished, %llu batches in, %llu duplicates; "
                "delivering EOS to %zu consumers", (unsigned long long)s->st.batches_in,
                (unsigned long long)s->st.duplicates, nconsumers);
         dispatch(s);
@@ -683,7 +683,7 @@ static void check_end(ss_router_state_t *s)
         }
         s->phase = PHASE_DONE;
         s->done_at = s->now;
-        ss_log("end of stream acknowledged by every consumer");
+        ss_log_info("end of stream acknowledged by every consumer");
     }
 }
 
@@ -820,7 +820,7 @@ static void on_eos(ss_router_state_t *s, member *m, uint64_t pubseq, const ss_he
     if (stats && stats->type == MSGPACK_OBJECT_MAP)
         merge_stats(s, &stats->via.map);
     s->eos_seen = 1;
-    ss_log("EOS from producer %s (id %016llx) listing %u members", m->name,
+    ss_log_info("EOS from producer %s (id %016llx) listing %u members", m->name,
            (unsigned long long)h->producer, members->via.array.size);
     msgpack_unpacked_destroy(&u);
     receipt_send(s, m, pubseq, 0);
@@ -971,7 +971,7 @@ static void on_join(ss_router_state_t *s, int side, const void *ident, size_t id
         m->eos = EOS_PENDING;   /* late: gets the EOS flagged LATE */
     }
     s->mem[s->nmem++] = m;
-    ss_log("%s %s (id %016llx) joined", role_name(side), m->name, (unsigned long long)m->id);
+    ss_log_info("%s %s (id %016llx) joined", role_name(side), m->name, (unsigned long long)m->id);
     emit(s, m, SS_LINK_WELCOME, 0, 0, s->self_id, NULL);
 }
 

@@ -234,7 +234,7 @@ int ss_cmd_router(int argc, char **argv)
         status = rc == SS_ERR_USAGE ? 2 : 1;
         goto out;
     }
-    ss_log("frontend %s, backend %s, stream 0x%08x", ss_router_frontend(r), ss_router_backend(r),
+    ss_log_info("frontend %s, backend %s, stream 0x%08x", ss_router_frontend(r), ss_router_backend(r),
            o.stream);
     if (ready_fd >= 0) {
         if (dprintf(ready_fd, "ready %s %s\n", ss_router_frontend(r), ss_router_backend(r)) < 0) {
@@ -255,7 +255,7 @@ int ss_cmd_router(int argc, char **argv)
     if (o.curve_key)
         snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu",
                  (unsigned long long)st.auth_refused);
-    ss_log("batches in %llu, out %llu, duplicates %llu, redelivered %llu, refused %llu, "
+    ss_log_info("batches in %llu, out %llu, duplicates %llu, redelivered %llu, refused %llu, "
            "peak held %llu bytes%s", (unsigned long long)st.batches_in,
            (unsigned long long)st.batches_out, (unsigned long long)st.duplicates,
            (unsigned long long)st.redelivered, (unsigned long long)st.refused,

@@ -388,7 +388,7 @@ finish:
     if ((e = ss_producer_drain(s.producer, -1)) != SS_OK ||
         (e = publish_eos(&s, name)) != SS_OK || (e = ss_producer_drain(s.producer, -1)) != SS_OK)
         goto fail;
-    ss_log("sent %llu records in %llu %sbatches from %s", (unsigned long long)s.records,
+    ss_log_info("sent %llu records in %llu %sbatches from %s", (unsigned long long)s.records,
            (unsigned long long)s.sent, s.env ? "sealed " : "", path);
     rc = SS_EXIT_OK;
     goto out;
