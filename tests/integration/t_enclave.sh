@@ -51,19 +51,19 @@ unset SS_KEY_FILE
 # router and every worker's host process, and (control) in an enclave.
 awk -F, 'BEGIN { OFS = "," } NR > 1 && NR % 50 == 0 { $9 = "CANARY42" } { print }' "$(flights 1000000)" >"$T/canary.csv"
 KEYHEX=$(sed -n 's/^key //p' "$T/key")
-"$SS" run "$ROOT/tests/fixtures/slow-enclave.spec.lua" --input "$T/canary.csv" --key "$T/key" \
+setsid "$SS" run "$ROOT/tests/fixtures/slow-enclave.spec.lua" --input "$T/canary.csv" --key "$T/key" \
     >"$T/out" 2>"$T/err" &
 run=$!
 PIDS="$PIDS $run"
 sleep 2
-children=$(pgrep -f 'securestreams enclave-child')
+children=$(pgrep -s $run -f 'securestreams enclave-child')
 control=0
 for p in $children; do
     n=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
     k=$("$SS_BUILD/memscan" "$p" "$KEYHEX" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
     [ "$n" -gt 0 ] && [ "$k" -gt 0 ] && control=1
 done
-hosts=$(pgrep -f 'securestreams (worker|router) ')
+hosts=$(pgrep -s $run -f 'securestreams (worker|router) ')
 found=0
 for p in $hosts; do
     n=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" "$KEYHEX" "$(hex "$KEYHEX")" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')

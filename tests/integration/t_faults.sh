@@ -6,14 +6,15 @@ expected "$F" >"$T/expected"
 SPEC="$ROOT/tests/fixtures/slow.spec.lua"
 
 kill_test() { # stage victim_name
-    "$SS" run "$SPEC" --input "$F" --summary-json "$T/s.json" >"$T/out" 2>"$T/err" &
+    # in a session of its own, so only this run's workers can be picked
+    setsid "$SS" run "$SPEC" --input "$F" --summary-json "$T/s.json" >"$T/out" 2>"$T/err" &
     run=$!
     PIDS="$PIDS $run"
     victim=""
     i=0
     while [ -z "$victim" ] && [ $i -lt 200 ]; do
         # wait until the victim has been working for a while
-        victim=$(pgrep -f "securestreams worker .*--name $2 " | head -1)
+        victim=$(pgrep -s $run -f "securestreams worker .*--name $2 " | head -1)
         i=$((i + 1))
         sleep 0.05
     done
