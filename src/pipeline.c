@@ -339,6 +339,7 @@ int ss_cmd_run(int argc, char **argv)
             rc = SS_EXIT_ERROR;
             goto out;
         }
+        ss_key_cleanup(&key); /* loaded only to check it: the components load their own */
     }
     if (!spec.input) {
         fprintf(stderr, "securestreams run: no input: give --input FILE or source.file in %s\n", spec.path);

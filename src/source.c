@@ -284,7 +284,7 @@ int ss_cmd_source(int argc, char **argv)
     void *zctx = NULL;
     char *buf = NULL;
     ss_sealed_file_t *sealed = NULL;
-    ss_key_t key;
+    ss_key_t key = { 0 };
     char err[512];
     source_t s = { .batch_bytes = (size_t)batch_bytes, .t0 = wall_clock() };
     if (keyfile && *keyfile) {
@@ -401,6 +401,7 @@ out:
     ss_batch_writer_cleanup(&s.writer);
     ss_envelope_destroy(&s.env);
     ss_sealed_file_close(&sealed);
+    ss_key_cleanup(&key);
     free(buf);
     if (in && in != stdin)
         fclose(in);
