@@ -89,3 +89,15 @@ clean:
 	rm -rf build build-asan
 
 -include $(OBJS:.o=.d)
+
+# Docker images (docs/deploy.md). `image` needs no registry: FROM scratch with
+# this machine's binary and libraries. `image-debian` builds the Dockerfile,
+# which pulls debian:bookworm and debian:bookworm-slim.
+IMAGE        ?= securestreams:latest
+IMAGE_DEBIAN ?= securestreams:debian
+.PHONY: image image-debian
+image: $(BUILD)/securestreams
+	docker/build-scratch-image $(BUILD)/securestreams $(IMAGE)
+
+image-debian:
+	docker build -t $(IMAGE_DEBIAN) .

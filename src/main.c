@@ -4,6 +4,7 @@
  */
 #include "component.h"
 #include "crypto.h"
+#include "deploy.h"
 #include "enclave.h"
 #include "gen.h"
 #include "lstate.h"
@@ -24,6 +25,7 @@ typedef struct {
 
 static const command commands[] = {
     { "run", ss_cmd_run, "run a pipeline spec as local processes" },
+    { "deploy", ss_cmd_deploy, "write a Docker Compose file or Swarm stack for a spec" },
     { "gen", ss_cmd_gen, "generate data (gen flights --rows N)" },
     { "router", ss_cmd_router, "the rendezvous between two stages" },
     { "source", ss_cmd_source, "read a file and send it to a router in batches" },
