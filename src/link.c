@@ -56,6 +56,8 @@ typedef struct {
     uint32_t stream;
     unsigned window;
     int heartbeat_ms, liveness_ms, join_timeout_ms;
+    void (*join_tick)(void *);
+    void *join_tick_arg;
     int64_t heard;          /* last message from the router */
     int64_t sent;           /* last message to the router */
     int dead;               /* router declared silent, or socket failure */
@@ -92,8 +94,8 @@ void ss_link_opts_init(ss_link_opts *o)
     o->stream = SS_DEFAULT_STREAM;
     o->window = 0;
     o->heartbeat_ms = env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = env_int("SS_LIVENESS_MS", 3000);
-    o->join_timeout_ms = 10000;
+    o->liveness_ms = env_int("SS_LIVENESS_MS", 10000);
+    o->join_timeout_ms = env_int("SS_JOIN_TIMEOUT_MS", 10000);
     const char *key = getenv("SS_CURVE_KEY"), *server = getenv("SS_CURVE_SERVER");
     o->curve_key = key && *key ? key : NULL;
     o->curve_server = server && *server ? server : NULL;
@@ -159,6 +161,8 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
     if (p->liveness_ms <= p->heartbeat_ms)
         p->liveness_ms = 2 * p->heartbeat_ms;
     p->join_timeout_ms = o->join_timeout_ms > 0 ? o->join_timeout_ms : 10000;
+    p->join_tick = o->join_tick;
+    p->join_tick_arg = o->join_tick_arg;
 
     int has_key = o->curve_key && *o->curve_key, has_server = o->curve_server && *o->curve_server;
     if (has_key != has_server) {
@@ -294,6 +298,11 @@ static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
         if (left <= 0)
             break;
         zmq_pollitem_t it[2] = { { p->sock, 0, ZMQ_POLLIN, 0 }, { p->mon, 0, ZMQ_POLLIN, 0 } };
+        if (p->join_tick) {
+            p->join_tick(p->join_tick_arg);
+            if (left > 100)
+                left = 100;
+        }
         int rc = zmq_poll(it, p->mon ? 2 : 1, (long)left);
         if (rc < 0 && errno != EINTR) {
             snprintf(err, errlen, "waiting for the router at %s: %s", p->addr, zmq_strerror(errno));

@@ -33,8 +33,12 @@ typedef struct {
                              consumer: prefetched deliveries (default 2);
                              0: the default of the role; at most 1024 */
     int heartbeat_ms;     /* default 250 */
-    int liveness_ms;      /* default 3000 */
+    int liveness_ms;      /* default 10000 */
     int join_timeout_ms;  /* give up joining after this long (default 10000) */
+    void (*join_tick)(void *arg); /* run about every 100 ms while joining (may be
+                                     NULL): keeps another link of the same peer
+                                     alive while this one waits for its router */
+    void *join_tick_arg;
     const char *curve_key;    /* CurveZMQ: this client's secret key file (docs/curve.md);
                                  default $SS_CURVE_KEY; not copied */
     const char *curve_server; /* CurveZMQ: the router's public key file (.pub);

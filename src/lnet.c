@@ -354,6 +354,8 @@ static int net_open_batch(lua_State *L)
 
 /* ---- consumer ---- */
 
+static void service_producer(void *arg);
+
 typedef struct {
     ss_consumer_t *c;
     uint64_t id;
@@ -377,6 +379,15 @@ static int net_consumer(lua_State *L)
     if (!o.id)
         o.id = ss_random_id();
     const ss_key_t *key = opt_key(L, 2);
+    /* {tick = producer}: keep that producer's router informed while joining */
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "tick") != LUA_TNIL) {
+        void *lp = luaL_checkudata(L, -1, PRODUCER_MT);
+        o.join_tick = service_producer;
+        o.join_tick_arg = lp;
+        lua_pop(L, 1);
+    } else if (lua_istable(L, 2)) {
+        lua_pop(L, 1);
+    }
     lconsumer *lc = lua_newuserdatauv(L, sizeof *lc, 0);
     lc->c = NULL;
     lc->env = NULL;
@@ -603,6 +614,13 @@ static void on_receipt(void *arg, uint64_t pubseq)
         lp->ring[lp->receipted % RECEIPT_RING] = 0;
         lp->receipted++;
     }
+}
+
+static void service_producer(void *arg)
+{
+    lproducer *lp = arg;
+    if (lp->p)
+        ss_producer_service(lp->p, 0);
 }
 
 static void tick_consumer(void *arg)

@@ -1178,7 +1178,7 @@ void ss_router_opts_init(ss_router_opts *o)
     o->stream = SS_DEFAULT_STREAM;
     o->max_bytes = (size_t)64 << 20;
     o->heartbeat_ms = env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = env_int("SS_LIVENESS_MS", 3000);
+    o->liveness_ms = env_int("SS_LIVENESS_MS", 10000);
     o->linger_ms = 0;
 }
 

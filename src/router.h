@@ -19,7 +19,7 @@ typedef struct {
     uint32_t stream;        /* pipeline id */
     size_t max_bytes;       /* bound on held batches (default 64 MiB) */
     int heartbeat_ms;       /* default 250 */
-    int liveness_ms;        /* default 3000 */
+    int liveness_ms;        /* default 10000 */
     int linger_ms;          /* after end of stream, keep answering late
                                joiners this long before exiting (default 0) */
     const char *curve_key;  /* CurveZMQ: the router's secret key file, or NULL */
@@ -29,7 +29,7 @@ typedef struct {
 } ss_router_opts;
 
 /* Defaults: name "router", stream SS_DEFAULT_STREAM, max_bytes 64 MiB,
- * heartbeat 250 ms and liveness 3000 ms (or SS_HEARTBEAT_MS / SS_LIVENESS_MS
+ * heartbeat 250 ms and liveness 10000 ms (or SS_HEARTBEAT_MS / SS_LIVENESS_MS
  * from the environment), linger 0; no addresses. */
 void ss_router_opts_init(ss_router_opts *o);
 

@@ -304,7 +304,9 @@ local function worker_loop(chain, source, addr, opts)
   local lopts = link_opts(opts)
   local stats = new_stats()
   local producer = net.producer(addr, lopts)     -- downstream first (docs/protocol.md, rule 1)
-  local consumer = net.consumer(source.addr, link_opts(source.opts))
+  local copts = link_opts(source.opts)
+  copts.tick = producer                         -- heartbeats downstream while joining upstream
+  local consumer = net.consumer(source.addr, copts)
   producer:tick_with(consumer)
   net.ready()
   local writer = net.writer()
@@ -406,7 +408,8 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
   local Enclave = require 'securestreams.enclave'
   local lopts = link_opts(opts, true)
   local producer = net.producer(addr, lopts)
-  local consumer = net.consumer(from, lopts)
+  local consumer = net.consumer(from, { name = lopts.name, id = lopts.id, window = lopts.window,
+                                        tick = producer })
   producer:tick_with(consumer)
   local enc = Enclave.new({
     backend = config.enclave ~= '1' and config.enclave or nil,
