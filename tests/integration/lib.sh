@@ -7,8 +7,9 @@ DATA="$SS_BUILD/testdata"
 mkdir -p "$DATA"
 T=$(mktemp -d)
 PIDS=""
-export SS_HEARTBEAT_MS=${SS_HEARTBEAT_MS:-100}
-export SS_LIVENESS_MS=${SS_LIVENESS_MS:-1500}
+# Killed processes are noticed when their connection closes; the liveness
+# timeout (default 10 s) only bounds how long a hung peer can stall a test.
+export SS_LIVENESS_MS=${SS_LIVENESS_MS:-5000}
 
 cleanup() {
     for p in $PIDS; do kill "$p" 2>/dev/null; done
@@ -57,6 +58,7 @@ same() {
 # start_router NAME: starts a router on ephemeral loopback ports; sets
 # FRONT_<NAME> and BACK_<NAME>
 start_router() {
+    rm -f "$T/$1.ready"   # never read a previous router's line
     "$SS" router --name "$1" --from 'tcp://127.0.0.1:*' --to 'tcp://127.0.0.1:*' \
         --ready-fd 3 3>"$T/$1.ready" 2>>"$T/$1.log" &
     PIDS="$PIDS $!"

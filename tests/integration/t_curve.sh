@@ -23,6 +23,7 @@ STRANGER_PUB=$(sed -n 's/^public //p' "$T/stranger.pub")
 
 # start_curve_router NAME: like start_router, a CurveZMQ server.
 start_curve_router() {
+    rm -f "$T/$1.ready"
     "$SS" router --name "$1" --from 'tcp://127.0.0.1:*' --to 'tcp://127.0.0.1:*' \
         --curve-key "$T/router" --curve-allow "$T/allow" \
         --ready-fd 3 3>"$T/$1.ready" 2>>"$T/$1.log" &

@@ -59,9 +59,10 @@ sleep 2
 children=$(pgrep -s $run -f 'securestreams enclave-child')
 control=0
 for p in $children; do
-    n=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
-    k=$("$SS_BUILD/memscan" "$p" "$KEYHEX" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
-    [ "$n" -gt 0 ] && [ "$k" -gt 0 ] && control=1
+    # one pass, two counts: the canary, then the key
+    counts=$("$SS_BUILD/memscan" "$p" "$(hex CANARY42)" "$KEYHEX" 2>/dev/null | tr '\n' ' ')
+    set -- $counts
+    [ "${1:-0}" -gt 0 ] && [ "${2:-0}" -gt 0 ] && control=1
 done
 hosts=$(pgrep -s $run -f 'securestreams (worker|router) ')
 found=0

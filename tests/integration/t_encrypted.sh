@@ -46,7 +46,7 @@ check "truncated sealed file: says truncated" grep -qi 'truncated' "$T/err"
 awk -F, 'BEGIN { OFS = "," } NR > 1 && NR % 50 == 0 { $9 = "CANARY42" } { print }' "$F" >"$T/canary.csv"
 CANARY='\\x43\\x41\\x4e\\x41\\x52\\x59\\x34\\x32'
 traced_run() { # mode: wire a pipeline by hand, routers under strace
-    rm -f "$T"/trace.*
+    rm -f "$T"/trace.* "$T"/r?.ready
     for r in r0 r1 r2 r3; do
         strace -f -qq -xx -s 200000 -e trace=sendto,recvfrom,sendmsg,recvmsg,write,read \
             -o "$T/trace.$r" "$SS" router --name $r --from 'tcp://127.0.0.1:*' \
