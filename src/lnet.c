@@ -388,7 +388,7 @@ static int net_consumer(lua_State *L)
     } else if (lua_istable(L, 2)) {
         lua_pop(L, 1);
     }
-    lconsumer *lc = lua_newuserdatauv(L, sizeof *lc, 0);
+    lconsumer *lc = lua_newuserdatauv(L, sizeof *lc, 1);
     lc->c = NULL;
     lc->env = NULL;
     lc->id = o.id;
@@ -518,6 +518,19 @@ static int consumer_ack(lua_State *L)
 static int consumer_tick(lua_State *L)
 {
     ss_consumer_tick(check_consumer(L)->c);
+    return 0;
+}
+
+/* c:tick_with(producer): keep that producer's router informed while this
+ * consumer waits or works through its deliveries (a reducer may publish
+ * nothing for many batches). */
+static int consumer_tick_with(lua_State *L)
+{
+    lconsumer *lc = check_consumer(L);
+    void *lp = luaL_checkudata(L, 2, PRODUCER_MT);
+    ss_consumer_set_tick(lc->c, service_producer, lp);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 1, 1);
     return 0;
 }
 
@@ -952,7 +965,8 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 int luaopen_securestreams_net(lua_State *L)
 {
     static const luaL_Reg consumer_m[] = {
-        { "recv", consumer_recv }, { "recv_raw", consumer_recv_raw }, { "ack", consumer_ack }, { "tick", consumer_tick },
+        { "recv", consumer_recv }, { "recv_raw", consumer_recv_raw }, { "ack", consumer_ack },
+        { "tick_with", consumer_tick_with }, { "tick", consumer_tick },
         { "id", consumer_id }, { "close", consumer_close }, { NULL, NULL } };
     static const luaL_Reg producer_m[] = {
         { "publish", producer_publish }, { "publish_eos", producer_publish_eos },

@@ -308,6 +308,7 @@ local function worker_loop(chain, source, addr, opts)
   copts.tick = producer                         -- heartbeats downstream while joining upstream
   local consumer = net.consumer(source.addr, copts)
   producer:tick_with(consumer)
+  consumer:tick_with(producer)
   net.ready()
   local writer = net.writer()
   local stateful = chain.stateful
@@ -411,6 +412,7 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
   local consumer = net.consumer(from, { name = lopts.name, id = lopts.id, window = lopts.window,
                                         tick = producer })
   producer:tick_with(consumer)
+  consumer:tick_with(producer)
   local enc = Enclave.new({
     backend = config.enclave ~= '1' and config.enclave or nil,
     script = spec.script, code = spec.code, name = spec.name, key_file = config.key_file,
