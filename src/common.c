@@ -84,6 +84,18 @@ int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
     return 1;
 }
 
+int ss_env_int(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return dflt;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n <= 0 || n > 3600000)
+        return dflt;
+    return (int)n;
+}
+
 int64_t ss_now_ns(void)
 {
     struct timespec ts;

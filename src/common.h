@@ -39,6 +39,10 @@ void ss_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A positive integer setting from the environment (at most 3600000), or
+ * dflt when the variable is unset, empty or not such a number. */
+int ss_env_int(const char *name, int dflt);
+
 /* Monotonic clock in milliseconds and nanoseconds. */
 int64_t ss_now_ms(void);
 int64_t ss_now_ns(void);

@@ -74,18 +74,6 @@ typedef struct {
     int hs_lost;            /* connections closed during the handshake, in a row */
 } peer;
 
-static int env_int(const char *name, int dflt)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n <= 0 || n > 3600000)
-        return dflt;
-    return (int)n;
-}
-
 void ss_link_opts_init(ss_link_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -93,9 +81,9 @@ void ss_link_opts_init(ss_link_opts *o)
     o->name = NULL;
     o->stream = SS_DEFAULT_STREAM;
     o->window = 0;
-    o->heartbeat_ms = env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = env_int("SS_LIVENESS_MS", 10000);
-    o->join_timeout_ms = env_int("SS_JOIN_TIMEOUT_MS", 10000);
+    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", 250);
+    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", 10000);
+    o->join_timeout_ms = ss_env_int("SS_JOIN_TIMEOUT_MS", 10000);
     const char *key = getenv("SS_CURVE_KEY"), *server = getenv("SS_CURVE_SERVER");
     o->curve_key = key && *key ? key : NULL;
     o->curve_server = server && *server ? server : NULL;

@@ -1159,26 +1159,14 @@ struct ss_router {
     } hs_log[2][3];                      /* per side: mismatch, decryption, other */
 };
 
-static int env_int(const char *name, int dflt)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n <= 0 || n > 3600000)
-        return dflt;
-    return (int)n;
-}
-
 void ss_router_opts_init(ss_router_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->name = "router";
     o->stream = SS_DEFAULT_STREAM;
     o->max_bytes = (size_t)64 << 20;
-    o->heartbeat_ms = env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = env_int("SS_LIVENESS_MS", 10000);
+    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", 250);
+    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", 10000);
     o->linger_ms = 0;
 }
 

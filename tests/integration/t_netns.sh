@@ -176,9 +176,9 @@ EOF
 "$SS" keygen -o "$T/keys/data.key" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/router" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/client" >/dev/null 2>&1
-# The liveness timeout is run's default (lib.sh shortens it): the cut is
-# noticed after 3 s, and a busy machine does not pass for a cut.
-export SS_STREAM=7002 SS_KEY_FILE="$T/keys/data.key" SS_LIVENESS_MS=3000
+# A cut is noticed after the liveness timeout, 8 s here: long enough that a
+# busy machine does not pass for a cut, short enough for a test.
+export SS_STREAM=7002 SS_KEY_FILE="$T/keys/data.key" SS_LIVENESS_MS=8000
 export SS_CURVE_ROUTER_KEY="$T/keys/router" SS_CURVE_ALLOW="$T/keys/client.pub"
 export SS_CURVE_KEY="$T/keys/client" SS_CURVE_SERVER="$T/keys/router.pub"
 if pipeline cut "$P" pace mapper filter reducer; then
