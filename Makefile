@@ -88,6 +88,18 @@ demo: deps
 clean:
 	rm -rf build build-asan
 
+# The evaluation (docs/evaluation.md): out/bench/NAME/results.txt and plots.
+.PHONY: bench-all bench-large bench-seed bench-ecall bench-copy bench-lua bench-throughput \
+        bench-scale bench-compare bench-profile
+bench-all: all
+	scripts/bench-all $(ROWS)
+bench-large: all
+	scripts/bench-all 10000000
+bench-seed: all
+	LUA_SIZES=seed scripts/bench-all 28700000
+bench-ecall bench-copy bench-lua bench-throughput bench-scale bench-compare bench-profile: all
+	scripts/$@ $(ROWS)
+
 -include $(OBJS:.o=.d)
 
 # Docker images (docs/deploy.md). `image` needs no registry: FROM scratch with
