@@ -1728,8 +1728,12 @@ int ss_cmd_enclave(int argc, char **argv)
         rc = SS_ERR_CRYPTO;
         goto fail;
     }
-    /* the fixed heap first, so the buffers below come out of it too */
-    if ((rc = ss_sandbox_fix_heap(co.heap + CORE_FIXED, rep->message, sizeof rep->message)) != SS_OK)
+    /* the fixed heap first, so the buffers below come out of it too; Lua's
+     * bound counts the bytes it asks for, so half as much again is kept for
+     * the allocator's own chunk headers: Lua meets its bound (a clean "not
+     * enough memory") before the heap is exhausted */
+    if ((rc = ss_sandbox_fix_heap(co.heap + co.heap / 2 + CORE_FIXED, rep->message,
+                                  sizeof rep->message)) != SS_OK)
         goto fail;
     rc = core_prepare(&co, &c, rep->message, sizeof rep->message);
     for (int i = 0; i < S_COUNT; i++) {

@@ -114,3 +114,17 @@ check "sgx primitives without an enclave: a mock, named so" sh -c \
     "SS_KEY_FILE='$T/key' '$SS' lua '$T/prim.lua' | grep -qx 'true	a1 b2 c3'"
 check "sgx primitives with the isolated enclave" sh -c \
     "SS_ENCLAVE=isolated SS_KEY_FILE='$T/key' '$SS' lua '$T/prim.lua' | grep -qx 'false	a1 b2 c3'"
+
+# Many small allocations past the heap bound: the record fails with "not
+# enough memory" and the isolated enclave keeps serving.
+cat >"$T/heap.lua" <<'LUA'
+local sgx = require 'sgx'
+local hog = 'return function(s) return s:map(function(n) local t = {} for i = 1, n do t[i] = {i} end return #t end) end'
+local _, r = sgx.sgxprocess(hog, sgx.sgxencrypt({ 100000000 }))
+print(r.skipped, r.message:find('not enough memory', 1, true) ~= nil)
+local again = sgx.sgxdecrypt(sgx.sgxprocess('return function(s) return s:map(function(n) return n + 1 end) end',
+  sgx.sgxencrypt({ 41 })))
+print(again[1])
+LUA
+check "heap bound: small allocations past it fail the record, the enclave goes on" sh -c \
+    "SS_ENCLAVE=isolated SS_ENCLAVE_HEAP=64M SS_KEY_FILE='$T/key' '$SS' lua '$T/heap.lua' | tr '\\n\\t' '  ' | grep -qx '1 true 42 '"
