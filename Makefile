@@ -89,14 +89,18 @@ clean:
 	rm -rf build build-asan
 
 # The evaluation (docs/evaluation.md): out/bench/NAME/results.txt and plots.
-.PHONY: bench-all bench-large bench-seed bench-ecall bench-copy bench-lua bench-throughput \
-        bench-scale bench-compare bench-profile
+.PHONY: bench-all bench-large bench-seed bench-memory bench-ecall bench-copy bench-lua \
+        bench-throughput bench-scale bench-compare bench-profile
 bench-all: all
 	scripts/bench-all $(ROWS)
 bench-large: all
 	scripts/bench-all 10000000
 bench-seed: all
 	LUA_SIZES=seed scripts/bench-all 28700000
+# Memory stays flat over the seed's full size (28.7 million rows), unless ROWS=
+# is given on the command line or in the environment.
+bench-memory: all
+	scripts/bench-memory $(if $(filter file,$(origin ROWS)),28700000,$(ROWS))
 bench-ecall bench-copy bench-lua bench-throughput bench-scale bench-compare bench-profile: all
 	scripts/$@ $(ROWS)
 
