@@ -55,8 +55,9 @@
 #define DEFAULT_HEAP ((size_t)64 << 20)
 #define MIN_HEAP ((size_t)1 << 20)
 #define MAX_HEAP ((size_t)1 << 40)
-#define DEFAULT_BUDGET 100000000u
-#define MIN_BUDGET 1000u
+#define DEFAULT_BUDGET 1000u       /* CPU milliseconds per record */
+#define MIN_BUDGET 10u
+#define MAX_BUDGET 86400000u       /* a day */
 
 #define MAX_CODE (SS_MAX_MESSAGE / 2)  /* stage code, script file or text */
 #define WRITER_LIMIT (SS_MAX_MESSAGE - SS_HEADER_SIZE - SS_SEAL_OVERHEAD - SS_LINEAGE_ENTRY)
@@ -134,7 +135,7 @@ typedef struct {
 
 /* OP_INIT: this, then the strings, at the start of the in area. */
 typedef struct {
-    uint64_t heap, budget, producer;
+    uint64_t heap, budget_ms, producer;
     uint32_t stream, fail, pos, is_code;
     uint32_t off[5], len[5];            /* code/script, code_name, key_file, stage, name */
 } init_wire;
@@ -155,7 +156,7 @@ typedef struct {
     uint64_t producer;
     uint32_t stream;
     size_t heap;
-    uint64_t budget;
+    uint64_t budget_ms;
 
     ss_envelope_t *env;                 /* opens input */
     ss_sealer_t *sealer;                /* seals output and records: made before lockdown */
@@ -361,13 +362,20 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
-/* SS_ENCLAVE_BUDGET: an integer, or a number like 1e8. */
-static int parse_count(const char *s, uint64_t *out)
+/* SS_ENCLAVE_BUDGET: CPU time, "500" or "500ms" (milliseconds) or "2s",
+ * "1.5s" (seconds). */
+static int parse_ms(const char *s, uint64_t *out)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= 1) || v > 1e18 || v != (double)(uint64_t)v)
+    if (errno || end == s || !(v > 0))
+        return -1;
+    if (!strcmp(end, "s"))
+        v *= 1000;
+    else if (*end && strcmp(end, "ms"))
+        return -1;
+    if (v > MAX_BUDGET || v != (double)(uint64_t)v)
         return -1;
     *out = (uint64_t)v;
     return 0;
@@ -387,16 +395,16 @@ static ss_err resolve(const ss_enclave_opts *o, size_t *heap, uint64_t *budget, 
         say(err, errlen, "enclave heap of %zu bytes: expected 1 MiB to 1 TiB", *heap);
         return SS_ERR_USAGE;
     }
-    *budget = o->budget;
-    if (*budget == 0 && (s = getenv("SS_ENCLAVE_BUDGET")) && *s && parse_count(s, budget) != 0) {
-        say(err, errlen, "SS_ENCLAVE_BUDGET=%s: expected a number of instructions (like 1e8)", s);
+    *budget = o->budget_ms;
+    if (*budget == 0 && (s = getenv("SS_ENCLAVE_BUDGET")) && *s && parse_ms(s, budget) != 0) {
+        say(err, errlen, "SS_ENCLAVE_BUDGET=%s: expected CPU time per record, like 500ms or 2s", s);
         return SS_ERR_USAGE;
     }
     if (*budget == 0)
         *budget = DEFAULT_BUDGET;
-    if (*budget < MIN_BUDGET) {
-        say(err, errlen, "enclave budget of %llu instructions: expected at least %u",
-            (unsigned long long)*budget, MIN_BUDGET);
+    if (*budget < MIN_BUDGET || *budget > MAX_BUDGET) {
+        say(err, errlen, "enclave budget of %llu ms: expected %u ms to %u ms (a day)",
+            (unsigned long long)*budget, MIN_BUDGET, MAX_BUDGET);
         return SS_ERR_USAGE;
     }
     return SS_OK;
@@ -409,7 +417,7 @@ typedef struct {
     int is_code;
     const char *code_name, *key_file, *stage, *name;
     size_t heap;
-    uint64_t budget;
+    uint64_t budget_ms;
     int fail, pos;
     uint64_t producer;
     uint32_t stream;
@@ -500,7 +508,7 @@ static ss_err core_prepare(const core_opts *o, core **out, char *err, size_t err
     c->producer = o->producer;
     c->stream = o->stream;
     c->heap = o->heap;
-    c->budget = o->budget;
+    c->budget_ms = o->budget_ms;
 
     if (!o->key_file || !*o->key_file) {
         say(err, errlen, "the enclave needs a data key file");
@@ -550,7 +558,7 @@ static ss_err core_prepare(const core_opts *o, core **out, char *err, size_t err
     if ((rc = measure_bytes(text, code_len, c->measurement, err, errlen)) != SS_OK)
         goto out;
 
-    if (!(c->L = ss_sandbox_new(c->heap, c->budget, err, errlen))) {
+    if (!(c->L = ss_sandbox_new(c->heap, (unsigned)c->budget_ms, err, errlen))) {
         rc = SS_ERR_NOMEM;
         goto out;
     }
@@ -1367,7 +1375,7 @@ static ss_err new_inprocess(ss_enclave_t *e, const core_opts *co, char *err, siz
 static ss_err put_init(ss_enclave_t *e, const core_opts *co, char *err, size_t errlen)
 {
     init_wire w = {
-        .heap = co->heap, .budget = co->budget, .producer = co->producer, .stream = co->stream,
+        .heap = co->heap, .budget_ms = co->budget_ms, .producer = co->producer, .stream = co->stream,
         .fail = (uint32_t)(co->fail != 0), .pos = (uint32_t)co->pos, .is_code = (uint32_t)co->is_code,
     };
     const char *s[S_COUNT] = { co->code, co->code_name, co->key_file, co->stage, co->name };
@@ -1567,7 +1575,7 @@ ss_err ss_enclave_new(const ss_enclave_opts *o, ss_enclave_t **out, char *err, s
         .code_name = o->code_name, .key_file = o->key_file, .stage = o->stage, .name = o->name,
         .fail = o->fail_on_error, .pos = o->pos, .producer = o->producer, .stream = o->stream,
     };
-    ss_err rc = resolve(o, &co.heap, &co.budget, err, errlen);
+    ss_err rc = resolve(o, &co.heap, &co.budget_ms, err, errlen);
     if (rc != SS_OK)
         return rc;
     if (ss_crypto_init() != SS_OK) {
@@ -1703,7 +1711,7 @@ int ss_cmd_enclave(int argc, char **argv)
     init_wire w;
     memcpy(&w, in, sizeof w);
     core_opts co = {
-        .heap = (size_t)w.heap, .budget = w.budget, .producer = w.producer, .stream = w.stream,
+        .heap = (size_t)w.heap, .budget_ms = w.budget_ms, .producer = w.producer, .stream = w.stream,
         .fail = w.fail != 0, .pos = (int)w.pos, .is_code = w.is_code != 0,
     };
     char *strs[S_COUNT] = { NULL };
@@ -1719,7 +1727,7 @@ int ss_cmd_enclave(int argc, char **argv)
     co.name = strs[S_NAME];
     core *c = NULL;
     ss_err rc = SS_ERR_USAGE;
-    if (!ok || co.heap < MIN_HEAP || co.heap > MAX_HEAP || co.budget < MIN_BUDGET) {
+    if (!ok || co.heap < MIN_HEAP || co.heap > MAX_HEAP || co.budget_ms < MIN_BUDGET || co.budget_ms > MAX_BUDGET) {
         say(rep->message, sizeof rep->message, "malformed start-up request");
         goto fail;
     }

@@ -17,7 +17,7 @@
  *    the seed's mock for machines without an enclave). Named as such in logs.
  *  - "sgx": planned (docs/enclave-sgx.md); not available here.
  *
- * Stage code runs with an instruction budget per record and a heap bound:
+ * Stage code runs with a CPU-time budget per record and a heap bound:
  * a record that exceeds either fails like any Lua error in user code
  * (skipped and counted, or the stage stops under on_error = fail); the
  * enclave stays usable.
@@ -38,7 +38,8 @@ typedef struct {
     const char *key_file;    /* data key file, read by the enclave itself */
     const char *stage;       /* stage name, for messages */
     size_t heap_bytes;       /* fixed heap (default 64 MiB; SS_ENCLAVE_HEAP) */
-    uint64_t budget;         /* instructions per record (default 1e8; SS_ENCLAVE_BUDGET) */
+    uint64_t budget_ms;      /* CPU milliseconds per record (default 1000, at
+                                least 10; SS_ENCLAVE_BUDGET) */
     int fail_on_error;       /* on_error = fail */
     uint64_t producer;       /* id written in output headers */
     uint32_t stream;         /* stream id written in output headers; input of
@@ -51,8 +52,8 @@ typedef struct {
                                 (default /proc/self/exe) */
 } ss_enclave_opts;
 
-/* Defaults: backend "isolated", heap_bytes 0 and budget 0 (ss_enclave_new
- * then reads SS_ENCLAVE_HEAP and SS_ENCLAVE_BUDGET, else 64 MiB and 1e8),
+/* Defaults: backend "isolated", heap_bytes 0 and budget_ms 0 (ss_enclave_new
+ * then reads SS_ENCLAVE_HEAP and SS_ENCLAVE_BUDGET, else 64 MiB and 1 s),
  * stream from SS_STREAM, everything else 0/NULL. */
 void ss_enclave_opts_init(ss_enclave_opts *o);
 

@@ -19,7 +19,7 @@ typedef struct {
 } lenclave;
 
 /* enclave.new{ backend=, script= | code=, name=, key_file=, stage=, fail=,
- *              producer=, stream=, heap=, budget=, pos= } -> enclave */
+ *              producer=, stream=, heap=, budget_ms=, pos= } -> enclave */
 static int net_enclave(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -37,7 +37,7 @@ static int net_enclave(lua_State *L)
     if (lua_getfield(L, 1, "producer") == LUA_TNUMBER) o.producer = (uint64_t)lua_tointeger(L, -1);
     if (lua_getfield(L, 1, "stream") == LUA_TNUMBER) o.stream = (uint32_t)lua_tointeger(L, -1);
     if (lua_getfield(L, 1, "heap") == LUA_TNUMBER) o.heap_bytes = (size_t)lua_tointeger(L, -1);
-    if (lua_getfield(L, 1, "budget") == LUA_TNUMBER) o.budget = (uint64_t)lua_tointeger(L, -1);
+    if (lua_getfield(L, 1, "budget_ms") == LUA_TNUMBER) o.budget_ms = (uint64_t)lua_tointeger(L, -1);
     if (lua_getfield(L, 1, "pos") == LUA_TNUMBER) o.pos = (int)lua_tointeger(L, -1);
     lenclave *le = lua_newuserdatauv(L, sizeof *le, 0);
     le->e = NULL;

@@ -3,11 +3,18 @@
  * enclave (see lsandbox.h, docs/enclave.md).
  *
  * Invariants: the allocator's count equals the bytes Lua holds and never
- * passes the bound; the count hook is installed on the running thread only
- * inside ss_sandbox_run, so code outside a record (the enclave's own
- * driver) runs unbudgeted; once a record exceeds its budget, every thread
- * that runs Lua code raises at each instruction until the record's
- * protected call returns.
+ * passes the bound. The budget costs nothing while a record stays inside
+ * it: no hook is installed and no system call is made per record. A timer
+ * on the thread's CPU clock (made with the sandbox, before any lockdown)
+ * ticks every TICK_MS; the tick only counts while a record runs
+ * (ss_sandbox_run), and once a record has run past its budget the tick
+ * installs a count hook on every Lua thread of the chain of resumes, from
+ * the one running down to the record's own, and from then on every
+ * instruction of the record raises, in whichever thread, until its
+ * protected call returns (coroutines created later inherit the hook).
+ * lua_sethook is safe to call from a signal handler, and the VM looks at
+ * the hook at every jump and loop, so an endless loop meets it.
+ * coroutine.resume and coroutine.wrap keep the chain.
  */
 #include "lsandbox.h"
 
@@ -21,8 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SANITIZED 1
@@ -32,18 +42,31 @@
 #endif
 #endif
 
-#define HOOK_STEP 10000   /* instructions between two looks at the budget */
+#define TICK_MS 5         /* CPU time between two ticks of the budget's timer */
+#define TICK_SIGNAL SIGVTALRM
+
+/* One Lua thread of the chain of resumes, on the C stack of its resume. */
+typedef struct resumed {
+    lua_State *thread;
+    struct resumed *volatile below;
+} resumed;
 
 typedef struct {
     size_t used;          /* bytes Lua holds */
     size_t limit;         /* the heap bound */
-    uint64_t budget;      /* instructions per record */
-    uint64_t spent;       /* instructions of the current record so far */
-    int step;             /* hook count: min(budget, HOOK_STEP) */
-    int active;           /* a record is running (inside ss_sandbox_run) */
-    int exceeded;         /* ... and has passed its budget */
+    unsigned budget_ms;   /* CPU milliseconds per record */
+    long budget_ticks;    /* ticks a record may see before it is stopped */
+    volatile long ticks;  /* ticks of the current record so far */
+    volatile sig_atomic_t exceeded;   /* the current record passed its budget */
+    resumed record;                   /* the thread the record started on */
+    resumed *volatile running;        /* the chain of resumes down to it */
     struct timespec t0;   /* creation, for the os.clock fallback */
 } sandbox;
+
+/* The sandbox whose record runs on this thread now, for the tick. */
+static _Thread_local sandbox *volatile ticking;
+/* This thread's timer: 0 none yet, 1 running. */
+static _Thread_local int timer_made;
 
 static sandbox *get(lua_State *L)
 {
@@ -77,29 +100,75 @@ size_t ss_sandbox_used(lua_State *L)
     return get(L)->used;
 }
 
-/* ---- the instruction budget ------------------------------------------ */
+/* ---- the budget ------------------------------------------------------ */
 
-static void count_hook(lua_State *L, lua_Debug *ar)
+/* Installed only on a record past its budget: raises at every instruction
+ * of that record; anywhere else it removes itself. */
+static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     sandbox *sb = get(L);
-    if (!sb->active)
-        return;   /* a coroutine made during a record, resumed outside one */
-    if (!sb->exceeded) {
-        int n = lua_gethookcount(L);
-        sb->spent += (uint64_t)n;
-        if (sb->spent < sb->budget) {
-            if (n != sb->step)
-                lua_sethook(L, count_hook, LUA_MASKCOUNT, sb->step);
-            return;
-        }
-        sb->exceeded = 1;
+    if (ticking != sb || !sb->exceeded) {
+        lua_sethook(L, NULL, 0, 0);   /* a coroutine hooked by an earlier record */
+        return;
     }
-    /* from now on every instruction raises: a pcall in user code cannot
-     * keep the record going */
-    if (lua_gethookcount(L) != 1)
-        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "instruction budget of %I exceeded (an endless loop?)", (lua_Integer)sb->budget);
+    luaL_error(L, "CPU budget of %d ms exceeded (an endless loop?)", (int)sb->budget_ms);
+}
+
+static void on_tick(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    sandbox *sb = ticking;
+    if (!sb)
+        return;   /* between records: the driver is not budgeted */
+    sb->ticks += 1 + (si && si->si_code == SI_TIMER && si->si_overrun > 0 ? si->si_overrun : 0);
+    if (sb->ticks <= sb->budget_ticks)
+        return;
+    sb->exceeded = 1;
+    /* every thread of the chain, so whichever one the error returns to
+     * stops too (coroutines they create inherit the hook); again at every
+     * tick, in case one was resumed in between */
+    for (resumed *r = sb->running; r; r = r->below)
+        lua_sethook(r->thread, budget_hook, LUA_MASKCOUNT, 1);
+}
+
+/* The tick for this thread: a timer on its CPU clock, signalling it alone. */
+static int start_timer(char *err, size_t errlen)
+{
+    if (timer_made)
+        return 0;
+    static int handler_set;
+    if (!handler_set) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_tick;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(TICK_SIGNAL, &sa, NULL) != 0) {
+            snprintf(err, errlen, "cannot set the enclave budget's signal handler: %s", strerror(errno));
+            return -1;
+        }
+        handler_set = 1;
+    }
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = TICK_SIGNAL;
+    ev._sigev_un._tid = gettid();
+    timer_t t;
+    if (timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &t) != 0) {
+        snprintf(err, errlen, "cannot create the enclave budget's CPU timer: %s", strerror(errno));
+        return -1;
+    }
+    struct itimerspec every = { { 0, TICK_MS * 1000000L }, { 0, TICK_MS * 1000000L } };
+    if (timer_settime(t, 0, &every, NULL) != 0) {
+        snprintf(err, errlen, "cannot start the enclave budget's CPU timer: %s", strerror(errno));
+        timer_delete(t);
+        return -1;
+    }
+    timer_made = 1;
+    return 0;
 }
 
 int ss_sandbox_run(lua_State *L)
@@ -107,13 +176,19 @@ int ss_sandbox_run(lua_State *L)
     sandbox *sb = get(L);
     int nargs = lua_gettop(L) - 1;
     luaL_checkany(L, 1);
-    sb->active = 1;
+    sandbox *outer = ticking;
+    sb->record.thread = L;
+    sb->record.below = NULL;
+    sb->running = &sb->record;
     sb->exceeded = 0;
-    sb->spent = 0;
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, sb->step);
+    sb->ticks = 0;
+    atomic_signal_fence(memory_order_seq_cst);
+    ticking = sb;
     int status = lua_pcall(L, nargs, 0, 0);
-    lua_sethook(L, NULL, 0, 0);
-    sb->active = 0;
+    ticking = outer;
+    atomic_signal_fence(memory_order_seq_cst);
+    if (sb->exceeded)
+        lua_sethook(L, NULL, 0, 0);
     sb->exceeded = 0;
     if (status == LUA_OK) {
         lua_pushboolean(L, 1);
@@ -122,6 +197,54 @@ int ss_sandbox_run(lua_State *L)
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
+}
+
+/* coroutine.resume, keeping the chain of resumed threads for the tick. */
+static int tracked_resume(lua_State *L)
+{
+    sandbox *sb = get(L);
+    resumed *caller = sb->running;
+    resumed self = { lua_tothread(L, 1), caller };
+    atomic_signal_fence(memory_order_seq_cst);
+    if (self.thread && caller)
+        sb->running = &self;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    sb->running = caller;
+    atomic_signal_fence(memory_order_seq_cst);
+    if (status != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* coroutine.wrap over the tracked resume (a C wrap would resume directly). */
+static const char wrap_source[] =
+    "local create, resume, close = ...\n"
+    "local function finish(co, ok, ...)\n"
+    "  if ok then return ... end\n"
+    "  close(co)\n"
+    "  error((...), 2)\n"
+    "end\n"
+    "return function(f)\n"
+    "  local co = create(f)\n"
+    "  return function(...) return finish(co, resume(co, ...)) end\n"
+    "end\n";
+
+static void track_coroutines(lua_State *L)
+{
+    lua_getglobal(L, LUA_COLIBNAME);
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, tracked_resume, 1);
+    lua_setfield(L, -2, "resume");
+    if (luaL_loadbufferx(L, wrap_source, sizeof wrap_source - 1, "=coroutine.wrap", "t") != LUA_OK)
+        lua_error(L);
+    lua_getfield(L, -2, "create");
+    lua_getfield(L, -3, "resume");
+    lua_getfield(L, -4, "close");
+    lua_call(L, 3, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
 }
 
 /* ---- the libraries ----------------------------------------------------- */
@@ -184,7 +307,7 @@ static int os_clock(lua_State *L)
 }
 
 /* setmetatable(t, mt) refusing a __gc field: Lua runs finalizers with
- * hooks off, so a finalizer would escape the instruction budget. (A __gc
+ * hooks off, so a finalizer would escape the budget. (A __gc
  * added to the metatable later is never called: Lua marks an object for
  * finalization only when its metatable is set.) */
 static int guarded_setmetatable(lua_State *L)
@@ -303,6 +426,7 @@ static int open_restricted(lua_State *L)
     lua_setglobal(L, "print");
     lua_pushcfunction(L, enclave_require);
     lua_setglobal(L, "require");
+    track_coroutines(L);
 
     lua_getglobal(L, LUA_STRLIBNAME);
     push_stub(L, LUA_STRLIBNAME, "dump");
@@ -352,16 +476,18 @@ static int panic(lua_State *L)
     return 0;
 }
 
-lua_State *ss_sandbox_new(size_t heap_bytes, uint64_t budget, char *err, size_t errlen)
+lua_State *ss_sandbox_new(size_t heap_bytes, unsigned budget_ms, char *err, size_t errlen)
 {
+    if (start_timer(err, errlen) != 0)
+        return NULL;
     sandbox *sb = calloc(1, sizeof *sb);
     if (!sb) {
         snprintf(err, errlen, "out of memory creating the Lua state");
         return NULL;
     }
     sb->limit = heap_bytes;
-    sb->budget = budget ? budget : 1;
-    sb->step = sb->budget < HOOK_STEP ? (int)sb->budget : HOOK_STEP;
+    sb->budget_ms = budget_ms ? budget_ms : 1;
+    sb->budget_ticks = (long)((sb->budget_ms + TICK_MS - 1) / TICK_MS);
     clock_gettime(CLOCK_MONOTONIC, &sb->t0);
     lua_State *L = lua_newstate(counting_alloc, sb);
     if (!L) {

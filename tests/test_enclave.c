@@ -158,7 +158,7 @@ static void open_output(const ss_ecall_result *r, char *out, size_t outlen)
     lua_close(L);
 }
 
-static ss_enclave_t *start(const char *backend, const char *script, size_t heap, uint64_t budget, int fail)
+static ss_enclave_t *start(const char *backend, const char *script, size_t heap, uint64_t budget_ms, int fail)
 {
     ss_enclave_opts o;
     ss_enclave_opts_init(&o);
@@ -168,7 +168,7 @@ static ss_enclave_t *start(const char *backend, const char *script, size_t heap,
     o.stage = "test";
     o.producer = PRODUCER_OUT;
     o.heap_bytes = heap;
-    o.budget = budget;
+    o.budget_ms = budget_ms;
     o.fail_on_error = fail;
     ss_enclave_t *e = NULL;
     char err[1024] = "";
@@ -453,6 +453,16 @@ static const char *HOSTILE_FMT =
     "  loop = function() while true do end end,\n"
     "  caught = function() while true do pcall(function() while true do end end) end end,\n"
     "  coro = function() coroutine.wrap(function() while true do end end)() end,\n"
+    "  cocaught = function()\n"
+    "    coroutine.wrap(function()\n"
+    "      while true do pcall(coroutine.wrap(function() while true do end end)) end\n"
+    "    end)()\n"
+    "  end,\n"
+    "  resumed = function()\n"
+    "    local co = coroutine.create(function() while true do end end)\n"
+    "    while true do coroutine.resume(co) end\n"
+    "  end,\n"
+    "  work = function() local x = 0 for i = 1, 1e6 do x = x + i end return 'ok' end,\n"
     "  gc = function() setmetatable({}, { __gc = function() while true do end end }) end,\n"
     "  alloc = function() local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(4096) .. i end end,\n"
     "  bigstring = function() return ('x'):rep(1 << 30) end,\n"
@@ -495,9 +505,11 @@ static const hostile_case cases[] = {
     { "dofile", "attempt to call a nil value" },
     { "binary", "attempt to load a binary chunk" },
     { "print", "print is not available in the enclave" },
-    { "loop", "instruction budget of 1000000 exceeded (an endless loop?)" },
-    { "caught", "instruction budget of 1000000 exceeded (an endless loop?)" },
-    { "coro", "instruction budget of 1000000 exceeded (an endless loop?)" },
+    { "loop", "CPU budget of 100 ms exceeded (an endless loop?)" },
+    { "caught", "CPU budget of 100 ms exceeded (an endless loop?)" },
+    { "coro", "CPU budget of 100 ms exceeded (an endless loop?)" },
+    { "cocaught", "CPU budget of 100 ms exceeded (an endless loop?)" },
+    { "resumed", "CPU budget of 100 ms exceeded (an endless loop?)" },
     { "gc", "__gc metamethods are not available in the enclave" },
     { "alloc", "not enough memory" },
     { "bigstring", "not enough memory" },
@@ -509,7 +521,7 @@ static void hostile_records(void **state)
     (void)state;
     const char *path = hostile_script();
     for (size_t b = 0; b < 2; b++) {
-        ss_enclave_t *e = start(backends[b], path, 16 << 20, 1000000, 0);
+        ss_enclave_t *e = start(backends[b], path, 16 << 20, 100, 0);
         int pid = ss_enclave_pid(e);
         uint64_t seq = 1;
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -545,12 +557,37 @@ static void hostile_records(void **state)
     }
 }
 
+/* The budget is per record: many records, each well inside it, add up to
+ * far more than it and all pass; the next endless loop is still stopped. */
+static void budget_per_record(void **state)
+{
+    (void)state;
+    const char *path = hostile_script();
+    for (size_t b = 0; b < 2; b++) {
+        ss_enclave_t *e = start(backends[b], path, 16 << 20, 100, 0);
+        char events[64 * 8 + 16] = "";
+        for (int i = 0; i < 64; i++)
+            strcat(events, "work\n");
+        strcat(events, "loop\nok");
+        input in;
+        make_input(&in, events, 1, 1, SS_DEFAULT_STREAM);
+        ss_ecall_result r;
+        assert_int_equal(call(e, &in, 1, 0, &r), SS_OK);
+        free_input(&in);
+        assert_int_equal(r.skipped, 1);
+        assert_int_equal(r.out, 65);
+        assert_contains(r.message, "CPU budget of 100 ms exceeded");
+        assert_contains(r.message, "event 65 of batch");
+        ss_enclave_destroy(&e);
+    }
+}
+
 static void fail_policy(void **state)
 {
     (void)state;
     const char *path = hostile_script();
     for (size_t b = 0; b < 2; b++) {
-        ss_enclave_t *e = start(backends[b], path, 16 << 20, 1000000, 1);
+        ss_enclave_t *e = start(backends[b], path, 16 << 20, 100, 1);
         input in;
         make_input(&in, "ok\nexit\nok", 1, 1, SS_DEFAULT_STREAM);
         ss_ecall_result r;
@@ -728,7 +765,7 @@ static void startup_errors(void **state)
         { "nofunc.lua", "return 42", "the script must return a function(stream)", SS_ERR_LUA },
         { "noobs.lua", "return function(s) return 1 end", "must return an observable", SS_ERR_LUA },
         { "toplevel.lua", "os.exit(1)", "os.exit is not available in the enclave", SS_ERR_LUA },
-        { "loop.lua", "while true do end", "instruction budget", SS_ERR_LUA },
+        { "loop.lua", "while true do end", "CPU budget of 50 ms exceeded", SS_ERR_LUA },
     };
     for (size_t b = 0; b < 2; b++) {
         for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -737,7 +774,7 @@ static void startup_errors(void **state)
             o.backend = backends[b];
             o.script = script(bad[i].file, bad[i].text);
             o.key_file = keyfile;
-            o.budget = 100000;
+            o.budget_ms = 50;
             ss_enclave_t *e = NULL;
             char err[1024] = "";
             assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), bad[i].rc);
@@ -827,6 +864,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(measurement),
         cmocka_unit_test(filter_blocks_syscalls),
         cmocka_unit_test(hostile_records),
+        cmocka_unit_test(budget_per_record),
         cmocka_unit_test(fail_policy),
         cmocka_unit_test(rejected_batches),
         cmocka_unit_test(refused_batches),

@@ -1,6 +1,6 @@
 -- bench/lua/enclave.lua - run one of the Lua benchmarks inside an enclave:
 --
---   SS_KEY_FILE=KEY SS_ENCLAVE=isolated SS_ENCLAVE_BUDGET=1e12 SS_ENCLAVE_HEAP=512M \
+--   SS_KEY_FILE=KEY SS_ENCLAVE=isolated SS_ENCLAVE_BUDGET=3600s SS_ENCLAVE_HEAP=512M \
 --       securestreams lua bench/lua/enclave.lua NAME N
 --
 -- The benchmark's file (bench/lua/NAME.lua, the very code `securestreams lua

@@ -7,7 +7,7 @@
 -- stream whose subscribers join the current group; each group of batches is
 -- a new Subject, the stage chain subscribed to it with a collector that
 -- writes the output batch; events are fed one record at a time under the
--- instruction budget; closing a group completes the Subject, so reduce and
+-- CPU budget; closing a group completes the Subject, so reduce and
 -- friends emit their partial result.
 --
 -- Error policy, as in zmq-rx: an error in user code skips the record and is

@@ -55,8 +55,20 @@ setsid "$SS" run "$ROOT/tests/fixtures/crawl-enclave.spec.lua" --input "$T/canar
     >"$T/out" 2>"$T/err" &
 run=$!
 PIDS="$PIDS $run"
-sleep 2
-children=$(pgrep -s $run -f 'securestreams enclave-child')
+# scan once every enclave is locked down (its key loaded) and data flows
+i=0
+while [ $i -lt 120 ]; do
+    sleep 0.5
+    i=$((i + 1))
+    children=$(pgrep -s $run -f 'securestreams enclave-child')
+    [ -n "$children" ] || continue
+    all=1
+    for p in $children; do
+        grep -q '^Seccomp:[[:space:]]*2' "/proc/$p/status" 2>/dev/null || all=0
+    done
+    [ $all -eq 1 ] && break
+done
+sleep 1
 hosts=$(pgrep -s $run -f 'securestreams (worker|router) ')
 canary_inside=0
 key_inside=0

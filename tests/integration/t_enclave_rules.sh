@@ -29,8 +29,15 @@ check "SS_ENCLAVE_HEAP=lots: named" grep -q 'SS_ENCLAVE_HEAP=lots' "$T/err"
 SS_ENCLAVE_BUDGET=-5 "$SS" enclave-bench --calls 10 >/dev/null 2>"$T/err"
 check "SS_ENCLAVE_BUDGET=-5: exit 1" test $? -eq 1
 check "SS_ENCLAVE_BUDGET=-5: named" grep -q 'SS_ENCLAVE_BUDGET=-5' "$T/err"
-SS_ENCLAVE_HEAP=16M SS_ENCLAVE_BUDGET=1e6 "$SS" enclave-bench --calls 10 >/dev/null 2>"$T/err"
-check "SS_ENCLAVE_HEAP=16M SS_ENCLAVE_BUDGET=1e6: accepted" test $? -eq 0
+for b in 1e8 5ms 2days; do
+    SS_ENCLAVE_BUDGET=$b "$SS" enclave-bench --calls 10 >/dev/null 2>"$T/err"
+    check "SS_ENCLAVE_BUDGET=$b: exit 1, named" \
+        sh -c "test $? -eq 1 && grep -q 'SS_ENCLAVE_BUDGET=$b\|budget of' '$T/err'"
+done
+for b in 500ms 2s 250; do
+    SS_ENCLAVE_HEAP=16M SS_ENCLAVE_BUDGET=$b "$SS" enclave-bench --calls 10 >/dev/null 2>"$T/err"
+    check "SS_ENCLAVE_HEAP=16M SS_ENCLAVE_BUDGET=$b: accepted" test $? -eq 0
+done
 
 # a long benchmark as the host of two isolated enclaves
 bg "$SS" enclave-bench --calls 100000000 >/dev/null 2>"$T/host.err"
