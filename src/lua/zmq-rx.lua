@@ -87,6 +87,13 @@ end
 -- plaintext in the encrypted mode are rejected: counted, the first ones
 -- logged with producer and sequence number, never processed. A batch sealed
 -- with another key means this component was given the wrong key: it stops.
+local REPLAY_WINDOW = 16384
+
+-- Sets of sequence numbers, 64 to an integer: the sink remembers every
+-- source batch it received (about 1 KiB per 500,000 batches).
+local function seq_has(set, q) return set ~= nil and (set[q >> 6] or 0) & (1 << (q & 63)) ~= 0 end
+local function seq_add(set, q) set[q >> 6] = (set[q >> 6] or 0) | (1 << (q & 63)) end
+
 local function rejecter(stats)
   local logged, seen, wrong_key = 0, {}, 0
   local function reject(why, producer, seq)
@@ -110,15 +117,37 @@ local function rejecter(stats)
       log('rejected batch %d of producer %s: %s', seq, net.hex(producer), why)
     end
   end
-  -- true when (producer, seq) is new; else rejects it as a replay
+  -- true when (producer, seq) is new; else rejects it as a replay. Like the
+  -- enclave's check: the last REPLAY_WINDOW sequence numbers below the
+  -- producer's newest are remembered, older ones are refused, so memory
+  -- stays bounded however long the stream.
   local function fresh(producer, seq)
     local s = seen[producer]
-    if not s then s = {}; seen[producer] = s end
-    if s[seq] then
+    if not s then
+      s = { top = seq, low = seq - REPLAY_WINDOW, set = {} }
+      seen[producer] = s
+    end
+    if seq >= s.top then
+      s.top = seq + 1
+      local floor = s.top - REPLAY_WINDOW
+      if floor > s.low then
+        if floor - s.low >= REPLAY_WINDOW then
+          s.set = {}
+        else
+          local set = s.set
+          for q = s.low, floor - 1 do set[q] = nil end
+        end
+        s.low = floor
+      end
+    elseif seq < s.low then
+      reject(('too old to tell from a replay (more than %d batches behind its producer\'s newest)')
+        :format(REPLAY_WINDOW), producer, seq)
+      return false
+    elseif s.set[seq] then
       reject('replayed (already received from this producer)', producer, seq)
       return false
     end
-    s[seq] = true
+    s.set[seq] = true
     return true
   end
   return reject, fresh
@@ -228,7 +257,7 @@ function ZmqRx._sink_loop(source, observer)
       -- a result covering a source batch already counted would count it
       -- twice: routers drop those, and the sink does not trust routers
       for _, id in ipairs(ids) do
-        if covered[id[1]] and covered[id[1]][id[2]] then
+        if seq_has(covered[id[1]], id[2]) then
           reject(('covers source batch %s#%d a second time'):format(net.hex(id[1]), id[2]), producer, seq)
           ids = nil
           break
@@ -242,7 +271,7 @@ function ZmqRx._sink_loop(source, observer)
       for _, id in ipairs(ids) do
         local c = covered[id[1]]
         if not c then c = {}; covered[id[1]] = c end
-        c[id[2]] = true
+        seq_add(c, id[2])
       end
       local ok, err = pcall(feed, subject, data, cur, hook)
       consumer:ack(tag)
@@ -601,11 +630,11 @@ function ZmqRx.summary()
   -- every batch a source says it sent, received once
   local covered = 0
   for _, src in ipairs(sources) do
-    local got = run.covered[src.lineage_source or 0] or {}
+    local got = run.covered[src.lineage_source or 0]
     local first = src.first_seq or 0
     expected = expected + (src.batches or 0)
     for seq = first, first + (src.batches or 0) - 1 do
-      if got[seq] then
+      if seq_has(got, seq) then
         covered = covered + 1
       elseif #missing < 10 then
         missing[#missing + 1] = ('%s#%d'):format(net.hex(src.lineage_source or 0), seq)
