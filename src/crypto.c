@@ -1519,7 +1519,7 @@ static void encrypt_usage(FILE *f)
     fputs("usage: securestreams encrypt -k KEYFILE [--no-header] [--batch-bytes N]\n"
           "                             [--stream ID] IN OUT\n"
           "\n"
-          "Seal a file of lines into OUT (docs/crypto.md): batches of about 64 KiB of\n"
+          "Seal a file of lines into OUT (docs/crypto.md): batches of about 1 MiB of\n"
           "lines, each sealed as it travels in the encrypted modes, then a sealed\n"
           "end-of-stream record. `securestreams source` streams OUT as is, and\n"
           "`securestreams decrypt` gives back IN byte for byte. OUT is written to a\n"
@@ -1527,7 +1527,7 @@ static void encrypt_usage(FILE *f)
           "\n"
           "  -k, --key F        data key file (securestreams keygen)\n"
           "  --no-header        the first line is a record, not a header\n"
-          "  --batch-bytes N    cut batches at N bytes (default 65536)\n"
+          "  --batch-bytes N    cut batches at N bytes (default 1048576)\n"
           "  --stream ID        stream id the records carry (default $SS_STREAM or\n"
           "                     0x53530001)\n"
           "  -h, --help         show this help\n",

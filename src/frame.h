@@ -17,7 +17,7 @@
 #define SS_HEADER_SIZE 40
 #define SS_LINEAGE_ENTRY 16
 #define SS_MAX_MESSAGE (16u << 20)   /* ZMQ_MAXMSGSIZE on every socket */
-#define SS_BATCH_BYTES (64u << 10)   /* default batch size */
+#define SS_BATCH_BYTES (1u << 20)    /* default batch size */
 #define SS_DEFAULT_STREAM 0x53530001u /* pipeline id when none is given (env SS_STREAM) */
 
 typedef enum {

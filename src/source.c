@@ -231,7 +231,7 @@ static void usage(FILE *f)
             "  --input FILE        lines of CSV or JSON; '-' for stdin (env DATA_FILE)\n"
             "  --header            the first line is a header: skip it (default)\n"
             "  --no-header         every line is a record\n"
-            "  --batch-bytes N     cut batches at about N bytes (default 65536)\n"
+            "  --batch-bytes N     cut batches at about N bytes (default 1048576)\n"
             "  --name NAME         name in logs (default source)\n"
             "  --stream ID         pipeline id shared by every component\n"
             "  --key FILE          data key: seal every batch (env SS_KEY_FILE); a sealed\n"

@@ -144,6 +144,43 @@ static void test_csv_parse(void **state)
     }
 }
 
+/* csv.fields on every comma-separated case: the same count and the same
+ * fields as csv.parse for several choices of columns (lines without a quote
+ * take the fast path, the others the full parser), the same errors. */
+static void test_csv_fields_agrees(void **state)
+{
+    lua_State *L = *state;
+    assert_int_equal(run(L, "local csv = require 'csv'\n"
+                            "function check_fields(line)\n"
+                            "  local ok, f = pcall(csv.parse, line)\n"
+                            "  for _, cols in ipairs({ {1}, {2, 3, 1}, {3}, {9, 15}, {40, 2}, {4, 4} }) do\n"
+                            "    local r = table.pack(pcall(csv.fields, line, table.unpack(cols)))\n"
+                            "    if r[1] ~= ok then return 'ok ' .. tostring(r[1]) end\n"
+                            "    if not ok then\n"
+                            "      if r[2] ~= f then return 'error ' .. tostring(r[2]) end\n"
+                            "    else\n"
+                            "      if r[2] ~= #f then return 'count ' .. tostring(r[2]) end\n"
+                            "      for i, c in ipairs(cols) do\n"
+                            "        if r[i + 2] ~= f[c] then return 'column ' .. c .. ': ' .. tostring(r[i + 2]) end\n"
+                            "      end\n"
+                            "    end\n"
+                            "  end\n"
+                            "  return 'same'\n"
+                            "end"),
+                     LUA_OK);
+    for (size_t i = 0; i < sizeof csv_cases / sizeof *csv_cases; i++) {
+        const csv_case *c = &csv_cases[i];
+        if (c->sep)
+            continue;
+        lua_getglobal(L, "check_fields");
+        lua_pushlstring(L, c->line, c->len ? c->len : strlen(c->line));
+        assert_int_equal(lua_pcall(L, 1, 1, 0), LUA_OK);
+        if (strcmp(lua_tostring(L, -1), "same") != 0)
+            fail_msg("case %zu (%s): csv.fields differs from csv.parse: %s", i, c->line, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
 static void test_csv_from_lua(void **state)
 {
     lua_State *L = *state;
@@ -308,6 +345,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_csv_parse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_csv_fields_agrees, setup, teardown),
         cmocka_unit_test_setup_teardown(test_csv_from_lua, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_encode_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_round_trip, setup, teardown),
