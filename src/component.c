@@ -121,7 +121,7 @@ static int run_component(const char *role, int argc, char **argv)
         if (!lua_toboolean(L, -1))
             rc = SS_EXIT_INCOMPLETE;
     }
-    lua_close(L);
+    ss_lua_close(L);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "lmodules.h"
+#include "lpool.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -48,18 +49,63 @@ static int open_all(lua_State *L)
     return 0;
 }
 
+static int panic(lua_State *L)
+{
+    fprintf(stderr, "securestreams: Lua panic: %s\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error object is not a string");
+    return 0;   /* then abort */
+}
+
+/* Warnings as the stand-alone interpreter has them: off until "@on", each
+ * message (its pieces joined) on stderr. One flag per process: a component
+ * runs one state. */
+static int warn_on;
+static int warn_cont;
+
+static void warnf(void *ud, const char *msg, int tocont)
+{
+    (void)ud;
+    if (!warn_cont && !tocont && *msg == '@') {
+        if (!strcmp(msg, "@on"))
+            warn_on = 1;
+        else if (!strcmp(msg, "@off"))
+            warn_on = 0;
+        return;
+    }
+    if (warn_on) {
+        fprintf(stderr, "%s%s%s", warn_cont ? "" : "Lua warning: ", msg, tocont ? "" : "\n");
+        fflush(stderr);
+    }
+    warn_cont = tocont;
+}
+
 lua_State *ss_lua_new(void)
 {
-    lua_State *L = luaL_newstate();
-    if (!L)
+    ss_pool *pool = ss_pool_new(0);
+    lua_State *L = pool ? lua_newstate(ss_pool_alloc, pool) : NULL;
+    if (!L) {
+        ss_pool_close(pool);
         return NULL;
+    }
+    lua_atpanic(L, panic);
+    lua_setwarnf(L, warnf, NULL);
     lua_pushcfunction(L, open_all);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         fprintf(stderr, "securestreams: cannot set up Lua: %s\n", lua_tostring(L, -1));
-        lua_close(L);
+        ss_lua_close(L);
         return NULL;
     }
     return L;
+}
+
+void ss_lua_close(lua_State *L)
+{
+    if (!L)
+        return;
+    void *pool;
+    lua_getallocf(L, &pool);
+    lua_close(L);
+    ss_pool_close(pool);
 }
 
 static int traceback(lua_State *L)
@@ -133,7 +179,7 @@ int ss_cmd_lua(int argc, char **argv)
     if (!strcmp(argv[1], "-e")) {
         if (argc < 3) {
             usage(stderr);
-            lua_close(L);
+            ss_lua_close(L);
             return 2;
         }
         rc = luaL_loadstring(L, argv[2]) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK;
@@ -142,6 +188,6 @@ int ss_cmd_lua(int argc, char **argv)
     } else {
         rc = ss_lua_run_file(L, argv[1], argc - 2, argv + 2);
     }
-    lua_close(L);
+    ss_lua_close(L);
     return rc;
 }

@@ -12,8 +12,11 @@
 #include <lua.h>
 #include <stddef.h>
 
-/* A new state with everything loaded, or NULL when out of memory. */
+/* A new state with everything loaded, or NULL when out of memory. Its
+ * allocator is a pool (lpool.h): close it with ss_lua_close. */
 lua_State *ss_lua_new(void);
+/* lua_close, then free the state's pool. Accepts NULL. */
+void ss_lua_close(lua_State *L);
 
 /* lua_pcall with a traceback handler. On error, leaves the message (with
  * traceback) on the stack and returns the Lua status. */
