@@ -12,6 +12,7 @@
 #include "router.h"
 #include "source.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +52,12 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* Batches of about 1 MiB pass through every component: keep buffers of
+     * that size in the heap and reuse them, rather than have malloc map,
+     * fault in and unmap each one (a quarter of the system time of a
+     * pipeline). Up to 64 MiB of freed heap is kept for reuse. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

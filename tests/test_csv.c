@@ -179,6 +179,23 @@ static void test_csv_fields_agrees(void **state)
             fail_msg("case %zu (%s): csv.fields differs from csv.parse: %s", i, c->line, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+    /* lines past the 16-byte steps of the scan, a quote late in the line,
+     * columns past the fast path's 64 */
+    assert_int_equal(run(L, "local long = {}\n"
+                            "for i = 1, 80 do long[i] = ('f%d'):format(i) end\n"
+                            "local lines = { table.concat(long, ','), ('x'):rep(40) .. ',\"q,r\",z',\n"
+                            "  ('a,'):rep(33), ',,,,,,,,,,,,,,,,,,,,', ('y'):rep(31) .. '\"' }\n"
+                            "for _, l in ipairs(lines) do\n"
+                            "  local r = check_fields(l)\n"
+                            "  if r ~= 'same' then return l .. ': ' .. r end\n"
+                            "  local ok, n, a, b = pcall(csv.fields, l, 70, 66)\n"
+                            "  local pok, f = pcall(csv.parse, l)\n"
+                            "  if ok ~= pok or (ok and (n ~= #f or a ~= f[70] or b ~= f[66])) then return l end\n"
+                            "end\n"
+                            "return 'same'"),
+                     LUA_OK);
+    assert_string_equal(lua_tostring(L, -1), "same");
+    lua_pop(L, 1);
 }
 
 static void test_csv_from_lua(void **state)

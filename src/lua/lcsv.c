@@ -14,14 +14,19 @@
  * columns asked for: a mapper that reads two of 29 columns makes two strings.
  *
  * The parser makes one pass over the line (plus a counting pass to size the
- * table); csv.fields first looks for a quote, and a line without one is cut
- * at commas with memchr up to the last column asked for, the rest counted. Fields are pushed straight from the line with lua_pushlstring; only
+ * table); csv.fields first scans the line for commas and quotes sixteen
+ * bytes at a time, and a line without quotes is cut at its commas, the
+ * columns asked for pushed straight from it; a line with a quote takes the
+ * full parser. Fields are pushed straight from the line with lua_pushlstring; only
  * a quoted field containing "" goes through a luaL_Buffer.
  */
 #include "lmodules.h"
 
 #include <lauxlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Push the quoted field body [b, e), which holds `""` escapes. */
 static void push_unescaped(lua_State *L, const char *b, const char *e)
@@ -134,6 +139,47 @@ static int csv_parse(lua_State *L)
     return 1;
 }
 
+#define MAX_CUTS 64   /* csv.fields' fast path: columns up to 64 */
+
+/* One pass over a line without quotes: the positions of its first `maxcut`
+ * commas into cut[], and the number of all of them; -1 when the line holds
+ * a quote (then the full parser is needed). Sixteen bytes at a time with
+ * SSE2 where the compiler has it. */
+static int scan_commas(const char *s, size_t len, const char **cut, int maxcut)
+{
+    int n = 0;
+    size_t i = 0;
+#ifdef __SSE2__
+    const __m128i comma = _mm_set1_epi8(','), quote = _mm_set1_epi8('"');
+    for (; i + 16 <= len; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)))
+            return -1;
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, comma));
+        if (n >= maxcut) {
+            n += __builtin_popcount(m);
+            continue;
+        }
+        while (m) {
+            if (n < maxcut)
+                cut[n] = s + i + __builtin_ctz(m);
+            n++;
+            m &= m - 1;
+        }
+    }
+#endif
+    for (; i < len; i++) {
+        if (s[i] == '"')
+            return -1;
+        if (s[i] == ',') {
+            if (n < maxcut)
+                cut[n] = s + i;
+            n++;
+        }
+    }
+    return n;
+}
+
 /* csv.fields(line, i, j, ...) -> n, field i, field j, ...: the number of
  * fields and only the columns asked for (nil past the last one), checking
  * the whole line like parse but making no table and no string for the other
@@ -153,36 +199,30 @@ static int csv_fields(lua_State *L)
             maxcol = want[i];
     }
     int base = lua_gettop(L);
+    const char *p = s, *end = s + len;
+    if (maxcol <= MAX_CUTS) {
+        const char *cut[MAX_CUTS];
+        int commas = scan_commas(s, len, cut, maxcol);
+        if (commas >= 0) {
+            /* no quote anywhere (the common case): field c lies between
+             * comma c - 1 and comma c */
+            lua_pushinteger(L, commas + 1);
+            for (int i = 0; i < nwant; i++) {
+                int c = want[i];
+                if (c > commas + 1) {
+                    lua_pushnil(L);
+                    continue;
+                }
+                const char *b = c == 1 ? s : cut[c - 2] + 1;
+                const char *e = c <= commas ? cut[c - 1] : end;
+                lua_pushlstring(L, b, (size_t)(e - b));
+            }
+            return nwant + 1;
+        }
+    }
     for (int i = 0; i < nwant; i++)
         lua_pushnil(L);
-    const char *p = s, *end = s + len;
     int col = 1;
-    if (!memchr(s, '"', len)) {
-        /* no quote anywhere (the common case): fields lie between commas,
-         * and past the last column asked for only the commas are counted */
-        for (;; col++) {
-            const char *c = memchr(p, ',', (size_t)(end - p));
-            const char *e = c ? c : end;
-            for (int i = 0; i < nwant; i++)
-                if (want[i] == col) {
-                    lua_pushlstring(L, p, (size_t)(e - p));
-                    lua_replace(L, base + 1 + i);
-                }
-            if (!c)
-                break;
-            p = c + 1;
-            if (col == maxcol) {
-                int commas = 0;
-                for (const char *q = p; q < end; q++)
-                    commas += *q == ',';
-                col += commas + 1;
-                break;
-            }
-        }
-        lua_pushinteger(L, col);
-        lua_insert(L, base + 1);
-        return nwant + 1;
-    }
     for (;; col++) {
         const char *b, *e;
         int escaped;
