@@ -126,6 +126,52 @@ static int table_shape(lua_State *L, int idx, size_t *nkeys)
     return array && total == n;
 }
 
+/* A table without a border (rawlen 0: no key 1) is a map, or empty: its
+ * pairs are written in one walk. The header's size depends on the count,
+ * known only at the end, so one byte is reserved (fixmap, up to 15 pairs)
+ * and the pairs moved up when map16 or map32 is needed. */
+static int pack_map_one_pass(packer_ctx *c, msgpack_packer *pk, int idx)
+{
+    lua_State *L = c->L;
+    ss_batch_writer *w = c->w;
+    if (pack_write(c, "\x80", 1) != 0)
+        return -1;
+    size_t at = w->len - 1;
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (pack_value(c, pk, -2) != 0 || pack_value(c, pk, -1) != 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+        n++;
+    }
+    uint8_t *h = (uint8_t *)w->data + at;
+    if (n <= 15) {
+        *h = (uint8_t)(0x80 | n);
+        return 0;
+    }
+    size_t extra = n <= 0xffff ? 2 : 4;
+    static const char pad[4];
+    if (pack_write(c, pad, extra) != 0)
+        return -1;
+    h = (uint8_t *)w->data + at;   /* the storage may have moved */
+    memmove(h + 1 + extra, h + 1, w->len - extra - (at + 1));
+    if (extra == 2) {
+        h[0] = 0xde;
+        h[1] = (uint8_t)(n >> 8);
+        h[2] = (uint8_t)n;
+    } else {
+        h[0] = 0xdf;
+        h[1] = (uint8_t)(n >> 24);
+        h[2] = (uint8_t)(n >> 16);
+        h[3] = (uint8_t)(n >> 8);
+        h[4] = (uint8_t)n;
+    }
+    return 0;
+}
+
 static int pack_table(packer_ctx *c, msgpack_packer *pk, int idx)
 {
     lua_State *L = c->L;
@@ -148,7 +194,9 @@ static int pack_table(packer_ctx *c, msgpack_packer *pk, int idx)
 
     size_t n;
     int rc = 0;
-    if (table_shape(L, idx, &n)) {
+    if (lua_rawlen(L, idx) == 0) {
+        rc = pack_map_one_pass(c, pk, idx);
+    } else if (table_shape(L, idx, &n)) {
         rc = msgpack_pack_array(pk, n);
         for (size_t i = 1; rc == 0 && i <= n; i++) {
             lua_rawgeti(L, idx, (lua_Integer)i);

@@ -79,6 +79,10 @@ static const char *const round_trip_cases[] = {
     "{[1.5] = 'f'}", "{[true] = 1, [false] = 0}", "{{}}", "{{}, {{}}}",
     "{a = {b = {c = {1, {2, {3}}}}}}", "{1, 2.0, '3', true, {4}}",
     "(function() local t = {} for i = 1, 20 do t['k'..i] = i end return t end)()",
+    "(function() local t = {} for i = 1, 15 do t['k'..i] = i end return t end)()",
+    "(function() local t = {} for i = 1, 16 do t['k'..i] = {i} end return t end)()",
+    "(function() local t = {} for i = 1, 70000 do t['k'..i] = i end return t end)()",
+    "(function() local t = {} for i = 2, 70001 do t[i] = 'v' end return t end)()",
     "(function() local t = {} for i = 1, 70000 do t[i] = i end return t end)()",
     "(function() local t = {} for i = 1, 16 do t[i] = i * 0.5 end return t end)()",
     "nest(64)",
@@ -183,6 +187,41 @@ static void test_array_detection(void **state)
             fail_msg("%s: first byte 0x%02x, expected 0x%02x", cases[i].expr,
                      (uint8_t)buf[0], cases[i].first);
         free(buf);
+    }
+}
+
+/* Maps get the smallest header that fits, as msgpack_pack_map writes it. */
+static void test_map_headers(void **state)
+{
+    lua_State *L = *state;
+    static const struct {
+        int n;
+        uint8_t head[5];
+        size_t header;
+    } cases[] = {{0, {0x80}, 1},        {1, {0x81}, 1}, {15, {0x8f}, 1},
+                 {16, {0xde, 0, 16}, 3}, {65535, {0xde, 0xff, 0xff}, 3},
+                 {65536, {0xdf, 0, 1, 0, 0}, 5}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        lua_createtable(L, 0, cases[c].n);
+        for (int i = 0; i < cases[c].n; i++) {
+            lua_pushfstring(L, "k%d", i);
+            lua_pushinteger(L, i);
+            lua_rawset(L, -3);
+        }
+        char *out;
+        size_t len;
+        assert_int_equal(ss_codec_encode(L, -1, &out, &len), SS_OK);
+        assert_memory_equal(out, cases[c].head, cases[c].header);
+        assert_int_equal(ss_codec_decode(L, out, len), SS_OK);
+        lua_Integer k = 0;
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            k++;
+            lua_pop(L, 1);
+        }
+        assert_int_equal(k, cases[c].n);
+        free(out);
+        lua_pop(L, 2);
     }
 }
 
@@ -597,6 +636,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_trip_every_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_integer_float_distinction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_array_detection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_string_and_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limit_leaves_batch_unchanged, setup, teardown),
