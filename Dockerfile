@@ -7,7 +7,7 @@
 FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential pkg-config libzmq3-dev libsodium-dev liblua5.4-dev \
+        build-essential pkg-config libzmq3-dev libsodium-dev libssl-dev liblua5.4-dev \
         libmsgpack-dev libseccomp-dev libcjson-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -19,7 +19,7 @@ RUN make -j"$(nproc)" BUILD=/out /out/securestreams
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libzmq5 libsodium23 liblua5.4-0 libmsgpackc2 libseccomp2 libcjson1 \
+        libzmq5 libsodium23 libssl3 liblua5.4-0 libmsgpackc2 libseccomp2 libcjson1 \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /pipeline /data
 COPY --from=build /out/securestreams /usr/local/bin/securestreams

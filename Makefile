@@ -7,7 +7,7 @@
 #   make install PREFIX=DIR
 PREFIX ?= /usr/local
 BUILD  ?= build
-PKGS    = libzmq libsodium lua5.4 msgpack libseccomp libcjson
+PKGS    = libzmq libsodium libcrypto lua5.4 msgpack libseccomp libcjson
 CC     ?= cc
 CFLAGS ?= -O2 -g
 WARN    = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wmissing-prototypes \

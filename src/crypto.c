@@ -22,7 +22,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <msgpack.h>
+#include <openssl/evp.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -310,6 +312,59 @@ static void make_nonce(uint8_t nonce[NONCE_MAX], uint64_t seq)
     ss_put_u64(nonce, seq);
 }
 
+/* ---- AES-256-GCM ---------------------------------------------------------
+ * Through OpenSSL's EVP interface: the same algorithm and the same bytes as
+ * libsodium's crypto_aead_aes256gcm (12-byte nonce, 16-byte tag; a test
+ * opens with each what the other sealed), but OpenSSL's VAES/AVX-512 code
+ * seals about three times as fast on current x86 CPUs (4.4 against 1.5 GB/s
+ * on the development machine), and every batch is opened and sealed at each
+ * hop. libsodium still decides whether AES is used at all (AES-NI). A
+ * context holds one key's schedule; it is made before any lockdown and
+ * reused for every message. */
+
+/* A context for `enc` (1) or decryption (0), keyed when key is not NULL. */
+static EVP_CIPHER_CTX *gcm_new(int enc, const uint8_t *key)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    if (c && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, key, NULL, enc) != 1) {
+        EVP_CIPHER_CTX_free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static int gcm_seal(EVP_CIPHER_CTX *c, uint8_t *ct, uint8_t *tag, const uint8_t *m, size_t len,
+                    const uint8_t *ad, size_t adlen, const uint8_t *nonce)
+{
+    int n;
+    if (len > INT_MAX || adlen > INT_MAX || EVP_EncryptInit_ex(c, NULL, NULL, NULL, nonce) != 1)
+        return -1;
+    if (adlen && EVP_EncryptUpdate(c, NULL, &n, ad, (int)adlen) != 1)
+        return -1;
+    if (len && EVP_EncryptUpdate(c, ct, &n, m, (int)len) != 1)
+        return -1;
+    if (EVP_EncryptFinal_ex(c, ct + len, &n) != 1)
+        return -1;
+    return EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1 ? 0 : -1;
+}
+
+static int gcm_open(EVP_CIPHER_CTX *c, uint8_t *m, const uint8_t *ct, size_t len, const uint8_t *tag,
+                    const uint8_t *ad, size_t adlen, const uint8_t *nonce)
+{
+    int n;
+    uint8_t t[16];
+    memcpy(t, tag, sizeof t);
+    if (len > INT_MAX || adlen > INT_MAX || EVP_DecryptInit_ex(c, NULL, NULL, NULL, nonce) != 1)
+        return -1;
+    if (adlen && EVP_DecryptUpdate(c, NULL, &n, ad, (int)adlen) != 1)
+        return -1;
+    if (len && EVP_DecryptUpdate(c, m, &n, ct, (int)len) != 1)
+        return -1;
+    if (EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, sizeof t, t) != 1)
+        return -1;
+    return EVP_DecryptFinal_ex(c, m + len, &n) == 1 ? 0 : -1;
+}
+
 /* sodium_malloc places the block at the end of a page, so it is aligned only
  * if its size is a multiple of the alignment: round up. */
 static void *secure_alloc(size_t n)
@@ -321,7 +376,7 @@ static void *secure_alloc(size_t n)
 }
 
 struct ss_sealer {
-    crypto_aead_aes256gcm_state aes;   /* precomputed subkey schedule (AES only); first: 16-aligned */
+    EVP_CIPHER_CTX *aes;               /* keyed with the subkey (AES only) */
     uint8_t subkey[SS_KEY_BYTES];
     uint8_t prefix[SS_SEAL_PREFIX];    /* cipher | 0 | key id | salt, copied into each payload */
     ss_cipher cipher;
@@ -342,8 +397,10 @@ ss_err ss_sealer_new(const ss_key_t *k, ss_cipher c, ss_sealer_t **out)
     uint8_t salt[SS_SALT_BYTES];
     randombytes_buf(salt, sizeof salt);
     derive(k->key, salt, s->subkey);
-    if (c == SS_CIPHER_AES256GCM)
-        crypto_aead_aes256gcm_beforenm(&s->aes, s->subkey);
+    if (c == SS_CIPHER_AES256GCM && !(s->aes = gcm_new(1, s->subkey))) {
+        sodium_free(s);
+        return SS_ERR_CRYPTO;
+    }
     s->prefix[0] = (uint8_t)c;
     s->prefix[1] = 0;
     memcpy(s->prefix + 2, k->id, SS_KEY_ID_BYTES);
@@ -357,6 +414,7 @@ void ss_sealer_destroy(ss_sealer_t **s)
 {
     if (!s || !*s)
         return;
+    EVP_CIPHER_CTX_free((*s)->aes);
     sodium_free(*s);
     *s = NULL;
 }
@@ -376,8 +434,7 @@ ss_err ss_seal(ss_sealer_t *s, uint64_t seq, const void *ad, size_t adlen,
     unsigned long long taglen;
     int rc;
     if (s->cipher == SS_CIPHER_AES256GCM)
-        rc = crypto_aead_aes256gcm_encrypt_detached_afternm(ct, tag, &taglen, plain, len, ad, adlen,
-                                                           NULL, nonce, &s->aes);
+        rc = gcm_seal(s->aes, ct, tag, plain, len, ad, adlen, nonce);
     else
         rc = crypto_aead_xchacha20poly1305_ietf_encrypt_detached(ct, tag, &taglen, plain, len, ad,
                                                                  adlen, NULL, nonce, s->subkey);
@@ -392,14 +449,14 @@ ss_err ss_seal(ss_sealer_t *s, uint64_t seq, const void *ad, size_t adlen,
 /* ---- opening ---------------------------------------------------------------- */
 
 typedef struct {
-    crypto_aead_aes256gcm_state aes;   /* valid when has_aes */
+    EVP_CIPHER_CTX *aes;               /* made with the opener; keyed when has_aes */
     uint8_t subkey[SS_KEY_BYTES];
     uint8_t salt[SS_SALT_BYTES];
     uint8_t used, has_aes;
 } session;
 
 struct ss_opener {
-    session cache[OPEN_CACHE];         /* first: 16-aligned */
+    session cache[OPEN_CACHE];
     uint8_t key[SS_KEY_BYTES];
     uint8_t id[SS_KEY_ID_BYTES];
     unsigned next;                     /* slot the next new session replaces */
@@ -414,6 +471,14 @@ ss_err ss_opener_new(const ss_key_t *k, ss_opener_t **out)
     memcpy(o->key, k->key, SS_KEY_BYTES);
     memcpy(o->id, k->id, SS_KEY_ID_BYTES);
     *out = o;
+    /* every context now, not at the first AES batch: an enclave opens
+     * batches after its lockdown */
+    for (unsigned i = 0; crypto_aead_aes256gcm_is_available() && i < OPEN_CACHE; i++) {
+        if (!(o->cache[i].aes = gcm_new(0, NULL))) {
+            ss_opener_destroy(out);
+            return SS_ERR_CRYPTO;
+        }
+    }
     return SS_OK;
 }
 
@@ -421,6 +486,8 @@ void ss_opener_destroy(ss_opener_t **o)
 {
     if (!o || !*o)
         return;
+    for (unsigned i = 0; i < OPEN_CACHE; i++)
+        EVP_CIPHER_CTX_free((*o)->cache[i].aes);
     sodium_free(*o);
     *o = NULL;
 }
@@ -475,12 +542,13 @@ ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
     make_nonce(nonce, seq);
     int rc;
     if (p[0] == SS_CIPHER_AES256GCM) {
+        rc = 0;
         if (!s->has_aes) {
-            crypto_aead_aes256gcm_beforenm(&s->aes, s->subkey);
-            s->has_aes = 1;
+            rc = EVP_DecryptInit_ex(s->aes, NULL, NULL, s->subkey, NULL) == 1 ? 0 : -1;
+            s->has_aes = rc == 0;
         }
-        rc = crypto_aead_aes256gcm_decrypt_detached_afternm(out, NULL, ct, n, tag, ad, adlen, nonce,
-                                                           &s->aes);
+        if (rc == 0)
+            rc = gcm_open(s->aes, out, ct, n, tag, ad, adlen, nonce);
     } else {
         rc = crypto_aead_xchacha20poly1305_ietf_decrypt_detached(out, NULL, ct, n, tag, ad, adlen,
                                                                  nonce, s->subkey);
