@@ -24,25 +24,25 @@
 #include <string.h>
 
 #define GRAIN 16                  /* size class step */
-#define SMALL_MAX 256             /* larger blocks are not listed */
-#define CLASSES (SMALL_MAX / GRAIN)
-
-struct ss_pool {
-    void *free[CLASSES + 1];      /* free list per class (1..CLASSES) */
-    size_t footprint;             /* bytes taken from malloc */
-    size_t limit;                 /* 0: none */
-};
+#define CLASSES SS_POOL_CLASSES
+#define SMALL_MAX (CLASSES * GRAIN) /* larger blocks are not listed */
 
 static size_t class_of(size_t n)
 {
     return (n + GRAIN - 1) / GRAIN;
 }
 
+void ss_pool_init(ss_pool *p, size_t limit)
+{
+    memset(p, 0, sizeof *p);
+    p->limit = limit;
+}
+
 ss_pool *ss_pool_new(size_t limit)
 {
-    ss_pool *p = calloc(1, sizeof *p);
+    ss_pool *p = malloc(sizeof *p);
     if (p)
-        p->limit = limit;
+        ss_pool_init(p, limit);
     return p;
 }
 
@@ -60,6 +60,11 @@ static void flush(ss_pool *p)
         }
         p->free[c] = NULL;
     }
+}
+
+void ss_pool_release(ss_pool *p)
+{
+    flush(p);
 }
 
 void ss_pool_close(ss_pool *p)

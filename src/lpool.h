@@ -12,12 +12,26 @@
 
 #include <stddef.h>
 
-typedef struct ss_pool ss_pool;
+#define SS_POOL_CLASSES 16
 
-/* A new pool; limit 0 for none. NULL when out of memory. */
+/* The fields are the pool's own; the struct is public only so that a pool
+ * can be the first member of a bigger allocator state (the enclave's
+ * sandbox), which then passes itself as the lua_Alloc's `ud`. */
+typedef struct ss_pool {
+    void *free[SS_POOL_CLASSES + 1];  /* free list per 16-byte class (1..16) */
+    size_t footprint;                 /* bytes taken from malloc */
+    size_t limit;                     /* 0: none */
+} ss_pool;
+
+/* Set up a pool in place; limit 0 for none. */
+void ss_pool_init(ss_pool *p, size_t limit);
+/* Give every listed block back to malloc; the Lua state using the pool
+ * must be closed first. */
+void ss_pool_release(ss_pool *p);
+
+/* A new pool on the heap, or NULL; ss_pool_close releases and frees it
+ * (NULL ok). */
 ss_pool *ss_pool_new(size_t limit);
-/* Give everything back; the Lua state using it must be closed first. NULL
- * ok. */
 void ss_pool_close(ss_pool *p);
 /* Bytes the pool holds from malloc: blocks in use and blocks on the lists. */
 size_t ss_pool_footprint(const ss_pool *p);

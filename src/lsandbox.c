@@ -2,8 +2,8 @@
  * lsandbox.c - the restricted Lua state and the process lockdown of an
  * enclave (see lsandbox.h, docs/enclave.md).
  *
- * Invariants: the allocator's count equals the bytes Lua holds; the pool
- * under it (lpool.h) never holds more than the bound from malloc. The budget costs nothing while a record stays inside
+ * Invariants: the allocator is the pool of lpool.h, bounded by the heap: it
+ * never holds more than the bound from malloc. The budget costs nothing while a record stays inside
  * it: no hook is installed and no system call is made per record. A timer
  * on the thread's CPU clock (made with the sandbox, before any lockdown)
  * ticks every TICK_MS; the tick only counts while a record runs
@@ -53,8 +53,8 @@ typedef struct resumed {
 } resumed;
 
 typedef struct {
-    ss_pool *pool;        /* where the blocks come from, bounded by the heap */
-    size_t used;          /* bytes Lua holds */
+    ss_pool pool;         /* first: the state's allocator is ss_pool_alloc
+                             with this sandbox as its ud; bounded by the heap */
     size_t limit;         /* the heap bound */
     unsigned budget_ms;   /* CPU milliseconds per record */
     long budget_ticks;    /* ticks a record may see before it is stopped */
@@ -77,23 +77,11 @@ static sandbox *get(lua_State *L)
     return ud;
 }
 
-/* ---- the counting allocator ----------------------------------------- */
-
-/* The pool refuses to hold more than the bound from malloc (slabs and large
- * blocks), which is at least what Lua holds. */
-static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    sandbox *sb = ud;
-    size_t old = ptr ? osize : 0;   /* with ptr NULL, osize is a type tag */
-    void *p = ss_pool_alloc(sb->pool, ptr, osize, nsize);
-    if (p || nsize == 0)
-        sb->used = sb->used - old + nsize;
-    return p;
-}
+/* ---- the allocator: a pool bounded by the heap (lpool.h) ---------------- */
 
 size_t ss_sandbox_used(lua_State *L)
 {
-    return get(L)->used;
+    return ss_pool_footprint(&get(L)->pool);
 }
 
 /* ---- the budget ------------------------------------------------------ */
@@ -482,18 +470,14 @@ lua_State *ss_sandbox_new(size_t heap_bytes, unsigned budget_ms, char *err, size
         return NULL;
     }
     sb->limit = heap_bytes;
-    if (!(sb->pool = ss_pool_new(heap_bytes))) {
-        snprintf(err, errlen, "out of memory creating the Lua state");
-        free(sb);
-        return NULL;
-    }
+    ss_pool_init(&sb->pool, heap_bytes);
     sb->budget_ms = budget_ms ? budget_ms : 1;
     sb->budget_ticks = (long)((sb->budget_ms + TICK_MS - 1) / TICK_MS);
     clock_gettime(CLOCK_MONOTONIC, &sb->t0);
-    lua_State *L = lua_newstate(counting_alloc, sb);
+    lua_State *L = lua_newstate(ss_pool_alloc, sb);
     if (!L) {
         snprintf(err, errlen, "a heap of %zu bytes cannot hold a Lua state", heap_bytes);
-        ss_pool_close(sb->pool);
+        ss_pool_release(&sb->pool);
         free(sb);
         return NULL;
     }
@@ -515,7 +499,7 @@ void ss_sandbox_close(lua_State *L)
         return;
     sandbox *sb = get(L);
     lua_close(L);
-    ss_pool_close(sb->pool);
+    ss_pool_release(&sb->pool);
     free(sb);
 }
 

@@ -9,9 +9,9 @@
  * require finds csv, json and rx only; io, os, debug and package hold stubs
  * that raise "NAME is not available in the enclave" (os.time, os.clock,
  * os.date and os.difftime are real); setmetatable refuses __gc (finalizers
- * run with hooks off, out of the budget's reach). Its allocator counts
- * every byte and refuses to pass the bound, so Lua raises "not enough
- * memory". The budget
+ * run with hooks off, out of the budget's reach). Its allocator (a pool,
+ * lpool.h) counts every byte it takes from malloc and refuses to pass the
+ * bound, so Lua raises "not enough memory". The budget
  * counts the CPU time of the thread only while a record runs
  * (ss_sandbox_run), at a tick of 5 ms, without any hook or system call
  * while the record stays inside it: past it, every further instruction
@@ -39,7 +39,8 @@ lua_State *ss_sandbox_new(size_t heap_bytes, unsigned budget_ms, char *err, size
 /* lua_close and free the sandbox's own state. Accepts NULL. */
 void ss_sandbox_close(lua_State *L);
 
-/* Bytes the state holds now. */
+/* Bytes the state's allocator holds from malloc now (what Lua holds, and
+ * the small blocks it freed, kept for reuse). */
 size_t ss_sandbox_used(lua_State *L);
 
 /* Lua function run(f, ...): calls f(...) protected, with the CPU budget
