@@ -23,7 +23,7 @@ TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 .PHONY: all test unit asan install clean deps demo check bench sgx
 ROWS     ?= 1000000
-SECURITY ?= encrypted
+SECURITY ?= enclave
 WORKERS  ?= 2
 all: $(BUILD)/securestreams
 
