@@ -25,7 +25,12 @@
 
 #define GRAIN 16                  /* size class step */
 #define CLASSES SS_POOL_CLASSES
+#if defined(__SANITIZE_ADDRESS__)
+#define SMALL_MAX 0               /* sanitized builds: every block from malloc, so
+                                     AddressSanitizer sees each use after free */
+#else
 #define SMALL_MAX (CLASSES * GRAIN) /* larger blocks are not listed */
+#endif
 
 static size_t class_of(size_t n)
 {
