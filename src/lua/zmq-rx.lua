@@ -206,10 +206,11 @@ end
 local function feed(subject, events, cur, hook)
   local i = 1
   local n = #events
+  local onNext = subject.onNext
   local function run()
     for k = i, n do
       cur.index = k
-      subject:onNext(events[k])
+      onNext(subject, events[k])
     end
   end
   while i <= n do
