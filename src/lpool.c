@@ -90,13 +90,23 @@ static int may_take(const ss_pool *p, size_t n)
     return !p->limit || (n <= p->limit && p->footprint <= p->limit - n);
 }
 
-/* n bytes from malloc within the limit, flushing the lists once if needed. */
+/* Room for n more bytes within the limit, giving the lists back if needed. */
+static int room(ss_pool *p, size_t n)
+{
+    if (may_take(p, n))
+        return 1;
+    flush(p);
+    return may_take(p, n);
+}
+
+/* n bytes from malloc within the limit; when malloc fails, once more after
+ * giving the lists back. */
 static void *take(ss_pool *p, size_t n)
 {
-    void *b = may_take(p, n) ? malloc(n) : NULL;
+    void *b = room(p, n) ? malloc(n) : NULL;
     if (!b) {
         flush(p);
-        if (!may_take(p, n) || !(b = malloc(n)))
+        if (!room(p, n) || !(b = malloc(n)))
             return NULL;
     }
     p->footprint += n;
@@ -117,11 +127,6 @@ static void small_free(ss_pool *p, void *b, size_t c)
 {
     memcpy(b, &p->free[c], sizeof(void *));
     p->free[c] = b;
-}
-
-static void *large_alloc(ss_pool *p, size_t n)
-{
-    return take(p, n);
 }
 
 static void large_free(ss_pool *p, void *b, size_t n)
@@ -168,18 +173,15 @@ void *ss_pool_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return b;
     }
     if (ptr && old > SMALL_MAX) {
-        if (nsize > old && !may_take(p, nsize - old)) {
-            flush(p);
-            if (!may_take(p, nsize - old))
-                return NULL;
-        }
+        if (nsize > old && !room(p, nsize - old))
+            return NULL;
         void *b = realloc(ptr, nsize);
         if (!b)
             return nsize < old ? ptr : NULL;
         p->footprint = p->footprint - old + nsize;
         return b;
     }
-    void *b = large_alloc(p, nsize);
+    void *b = take(p, nsize);
     if (b && ptr) {
         memcpy(b, ptr, old);
         small_free(p, ptr, class_of(old));

@@ -55,7 +55,6 @@ typedef struct resumed {
 typedef struct {
     ss_pool pool;         /* first: the state's allocator is ss_pool_alloc
                              with this sandbox as its ud; bounded by the heap */
-    size_t limit;         /* the heap bound */
     unsigned budget_ms;   /* CPU milliseconds per record */
     long budget_ticks;    /* ticks a record may see before it is stopped */
     volatile long ticks;  /* ticks of the current record so far */
@@ -469,7 +468,6 @@ lua_State *ss_sandbox_new(size_t heap_bytes, unsigned budget_ms, char *err, size
         snprintf(err, errlen, "out of memory creating the Lua state");
         return NULL;
     }
-    sb->limit = heap_bytes;
     ss_pool_init(&sb->pool, heap_bytes);
     sb->budget_ms = budget_ms ? budget_ms : 1;
     sb->budget_ticks = (long)((sb->budget_ms + TICK_MS - 1) / TICK_MS);
