@@ -3,6 +3,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
+#include <errno.h>
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -82,6 +83,38 @@ int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
     if (seen + 1 == limit)
         ss_log("(further messages of this kind are counted, not logged)");
     return 1;
+}
+
+int ss_parse_u64(const char *s, int base, int suffix, uint64_t max, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, base);
+    if (errno)
+        return -1;
+    unsigned shift = 0;
+    if (suffix != SS_NUM_PLAIN) {
+        if (*end == 'K' || *end == 'k')
+            shift = 10;
+        else if (*end == 'M' || *end == 'm')
+            shift = 20;
+        else if (*end == 'G' || *end == 'g')
+            shift = 30;
+        if (shift)
+            end++;
+        if (shift && suffix == SS_NUM_BYTES) {
+            if (*end == 'i' && end[1] == 'B')
+                end += 2;
+            else if (*end == 'B')
+                end++;
+        }
+    }
+    if (*end || v > (max >> shift))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
 }
 
 int ss_env_int(const char *name, int dflt)

@@ -39,6 +39,18 @@ void ss_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int ss_log_limited(uint64_t *counter, uint64_t limit, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Suffixes ss_parse_u64 accepts after the number. */
+enum {
+    SS_NUM_PLAIN = 0,   /* digits only */
+    SS_NUM_KMG = 1,     /* K, M or G (binary: 2^10, 2^20, 2^30), either case */
+    SS_NUM_BYTES = 2,   /* the same, optionally followed by B or iB (64M, 64MB, 64MiB) */
+};
+
+/* A non-negative integer that starts with a digit, in `base` (10, or 0 for
+ * C's 0x and 0 prefixes), with the suffixes `suffix` allows, at most max
+ * once multiplied. 0, or -1 when malformed or larger than max. */
+int ss_parse_u64(const char *s, int base, int suffix, uint64_t max, uint64_t *out);
+
 /* A positive integer setting from the environment (at most 3600000), or
  * dflt when the variable is unset, empty or not such a number. */
 int ss_env_int(const char *name, int dflt);

@@ -1617,19 +1617,6 @@ static void decrypt_usage(FILE *f)
           f);
 }
 
-static int parse_size(const char *s, uint64_t *v)
-{
-    if (!s || *s < '0' || *s > '9')
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 0);
-    if (errno != 0 || *end != '\0')
-        return -1;
-    *v = (uint64_t)x;
-    return 0;
-}
-
 /* encrypt and decrypt: parse, load the key, run. */
 static int run_file_command(const char *cmd, int argc, char **argv)
 {
@@ -1638,7 +1625,7 @@ static int run_file_command(const char *cmd, int argc, char **argv)
     int npaths = 0, header = 1;
     uint64_t batch = SS_BATCH_BYTES, stream = SS_DEFAULT_STREAM;
     const char *env = enc ? getenv("SS_STREAM") : NULL;
-    if (env && *env && (parse_size(env, &stream) != 0 || stream > UINT32_MAX))
+    if (env && *env && (ss_parse_u64(env, 0, SS_NUM_PLAIN, UINT64_MAX, &stream) != 0 || stream > UINT32_MAX))
         return bad_usage(cmd, "SS_STREAM=%s is not a number", env);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -1654,12 +1641,12 @@ static int run_file_command(const char *cmd, int argc, char **argv)
         } else if (enc && !strcmp(a, "--header")) {
             header = 1;
         } else if (enc && opt_is(a, "--batch-bytes")) {
-            if (!(v = opt_value(argc, argv, &i, "--batch-bytes")) || parse_size(v, &batch) != 0
+            if (!(v = opt_value(argc, argv, &i, "--batch-bytes")) || ss_parse_u64(v, 0, SS_NUM_PLAIN, UINT64_MAX, &batch) != 0
                 || batch < 64 || batch > BATCH_LIMIT)
                 return bad_usage(cmd, "--batch-bytes wants a number of bytes from 64 to %u",
                                  (unsigned)BATCH_LIMIT);
         } else if (enc && opt_is(a, "--stream")) {
-            if (!(v = opt_value(argc, argv, &i, "--stream")) || parse_size(v, &stream) != 0
+            if (!(v = opt_value(argc, argv, &i, "--stream")) || ss_parse_u64(v, 0, SS_NUM_PLAIN, UINT64_MAX, &stream) != 0
                 || stream > UINT32_MAX)
                 return bad_usage(cmd, "--stream wants a 32-bit number");
         } else if (a[0] == '-' && a[1] != '\0') {

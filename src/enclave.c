@@ -334,34 +334,6 @@ void ss_enclave_opts_init(ss_enclave_opts *o)
     o->stream = s && *s ? (uint32_t)strtoul(s, NULL, 0) : SS_DEFAULT_STREAM;
 }
 
-/* SS_ENCLAVE_HEAP: bytes, or a number with K, M or G (binary). */
-static int parse_size(const char *s, size_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s)
-        return -1;
-    unsigned shift = 0;
-    if (*end == 'K' || *end == 'k')
-        shift = 10;
-    else if (*end == 'M' || *end == 'm')
-        shift = 20;
-    else if (*end == 'G' || *end == 'g')
-        shift = 30;
-    if (shift) {
-        end++;
-        if (*end == 'i' && end[1] == 'B')
-            end += 2;
-        else if (*end == 'B')
-            end++;
-    }
-    if (*end || v > (MAX_HEAP >> shift))
-        return -1;
-    *out = (size_t)(v << shift);
-    return 0;
-}
-
 /* SS_ENCLAVE_BUDGET: CPU time, "500" or "500ms" (milliseconds) or "2s",
  * "1.5s" (seconds). */
 static int parse_ms(const char *s, uint64_t *out)
@@ -385,9 +357,13 @@ static ss_err resolve(const ss_enclave_opts *o, size_t *heap, uint64_t *budget, 
 {
     const char *s;
     *heap = o->heap_bytes;
-    if (*heap == 0 && (s = getenv("SS_ENCLAVE_HEAP")) && *s && parse_size(s, heap) != 0) {
-        say(err, errlen, "SS_ENCLAVE_HEAP=%s: expected bytes, or a number with K, M or G", s);
-        return SS_ERR_USAGE;
+    uint64_t h;
+    if (*heap == 0 && (s = getenv("SS_ENCLAVE_HEAP")) && *s) {
+        if (ss_parse_u64(s, 10, SS_NUM_BYTES, MAX_HEAP, &h) != 0) {
+            say(err, errlen, "SS_ENCLAVE_HEAP=%s: expected bytes, or a number with K, M or G", s);
+            return SS_ERR_USAGE;
+        }
+        *heap = (size_t)h;
     }
     if (*heap == 0)
         *heap = DEFAULT_HEAP;

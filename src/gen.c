@@ -458,19 +458,6 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_u64(const char *s, uint64_t *v)
-{
-    if (!s || *s < '0' || *s > '9')
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return -1;
-    *v = (uint64_t)x;
-    return 0;
-}
-
 static int bad_usage(const char *fmt, const char *arg)
 {
     fputs("securestreams gen: ", stderr);
@@ -515,13 +502,13 @@ int ss_cmd_gen(int argc, char **argv)
         } else if (opt_is(a, "--rows")) {
             if (!(v = opt_value(argc, argv, &i, "--rows")))
                 return bad_usage("option --rows needs a value", NULL);
-            if (parse_u64(v, &rows) != 0)
+            if (ss_parse_u64(v, 10, SS_NUM_PLAIN, UINT64_MAX, &rows) != 0)
                 return bad_usage("--rows wants a non-negative integer, not '%s'", v);
             have_rows = 1;
         } else if (opt_is(a, "--seed")) {
             if (!(v = opt_value(argc, argv, &i, "--seed")))
                 return bad_usage("option --seed needs a value", NULL);
-            if (parse_u64(v, &seed) != 0)
+            if (ss_parse_u64(v, 10, SS_NUM_PLAIN, UINT64_MAX, &seed) != 0)
                 return bad_usage("--seed wants a non-negative integer, not '%s'", v);
         } else if (opt_is(a, "-o") || opt_is(a, "--output")) {
             if (!(v = opt_value(argc, argv, &i, a[1] == '-' ? "--output" : "-o")) || !*v)

@@ -63,35 +63,10 @@ static void usage(FILE *out)
         SS_DEFAULT_STREAM);
 }
 
-/* Parse a non-negative integer with an optional K/M/G suffix (binary). */
-static int parse_size(const char *s, unsigned long long max, unsigned long long *out)
-{
-    char *end;
-    errno = 0;
-    if (!*s || *s == '-')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 0);
-    if (errno || end == s)
-        return -1;
-    unsigned shift = 0;
-    if (*end == 'K' || *end == 'k')
-        shift = 10;
-    else if (*end == 'M' || *end == 'm')
-        shift = 20;
-    else if (*end == 'G' || *end == 'g')
-        shift = 30;
-    if (shift)
-        end++;
-    if (*end || v > (max >> shift))
-        return -1;
-    *out = v << shift;
-    return 0;
-}
-
 static int parse_ms(const char *opt, const char *s, int *out)
 {
-    unsigned long long v;
-    if (parse_size(s, 24ull * 3600 * 1000, &v) != 0) {
+    uint64_t v;
+    if (ss_parse_u64(s, 0, SS_NUM_KMG, 24ull * 3600 * 1000, &v) != 0) {
         fprintf(stderr, "router: %s wants a number of milliseconds, not '%s'\n", opt, s);
         return -1;
     }
@@ -126,7 +101,7 @@ int ss_cmd_router(int argc, char **argv)
     const char *stream_env = getenv("SS_STREAM");
     const char *stream_arg = stream_env && *stream_env ? stream_env : NULL;
     int ready_fd = -1;
-    unsigned long long v;
+    uint64_t v;
 
     optind = 0;   /* GNU: restart scanning, whoever parsed before us */
     int ch;
@@ -137,7 +112,7 @@ int ss_cmd_router(int argc, char **argv)
         case 'n': o.name = optarg; break;
         case 's': stream_arg = optarg; break;
         case 'b':
-            if (parse_size(optarg, SIZE_MAX, &v) != 0 || v == 0) {
+            if (ss_parse_u64(optarg, 0, SS_NUM_KMG, SIZE_MAX, &v) != 0 || v == 0) {
                 fprintf(stderr, "router: --max-bytes wants a positive size, not '%s'\n", optarg);
                 return 2;
             }
@@ -156,7 +131,7 @@ int ss_cmd_router(int argc, char **argv)
                 return 2;
             break;
         case 'r':
-            if (parse_size(optarg, 1u << 20, &v) != 0) {
+            if (ss_parse_u64(optarg, 0, SS_NUM_KMG, 1u << 20, &v) != 0) {
                 fprintf(stderr, "router: --ready-fd wants a file descriptor, not '%s'\n", optarg);
                 return 2;
             }
@@ -178,7 +153,7 @@ int ss_cmd_router(int argc, char **argv)
         return 2;
     }
     if (stream_arg) {
-        if (parse_size(stream_arg, UINT32_MAX, &v) != 0) {
+        if (ss_parse_u64(stream_arg, 0, SS_NUM_KMG, UINT32_MAX, &v) != 0) {
             fprintf(stderr, "router: the stream id must be a 32-bit number, not '%s'\n", stream_arg);
             return 2;
         }

@@ -317,9 +317,54 @@ static void test_command_line(void **state)
     unlink(path);
 }
 
+/* The one integer parser every command uses (common.c): bases, suffixes,
+ * bounds, and what it refuses. */
+static void test_parse_u64(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        int base, suffix;
+        uint64_t max;
+        int ok;
+        uint64_t want;
+    } cases[] = {
+        { "0", 10, SS_NUM_PLAIN, UINT64_MAX, 1, 0 },
+        { "18446744073709551615", 10, SS_NUM_PLAIN, UINT64_MAX, 1, UINT64_MAX },
+        { "18446744073709551616", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { "0x10", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { "0x10", 0, SS_NUM_PLAIN, UINT64_MAX, 1, 16 },
+        { "010", 0, SS_NUM_PLAIN, UINT64_MAX, 1, 8 },
+        { "", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { " 5", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { "-5", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { "+5", 0, SS_NUM_KMG, UINT64_MAX, 0, 0 },
+        { "5K", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
+        { "5K", 0, SS_NUM_KMG, UINT64_MAX, 1, 5120 },
+        { "2m", 0, SS_NUM_KMG, UINT64_MAX, 1, 2u << 20 },
+        { "1G", 0, SS_NUM_KMG, UINT64_MAX, 1, 1u << 30 },
+        { "1MB", 0, SS_NUM_KMG, UINT64_MAX, 0, 0 },
+        { "64MiB", 10, SS_NUM_BYTES, UINT64_MAX, 1, 64u << 20 },
+        { "64MB", 10, SS_NUM_BYTES, UINT64_MAX, 1, 64u << 20 },
+        { "64B", 10, SS_NUM_BYTES, UINT64_MAX, 0, 0 },
+        { "1024", 10, SS_NUM_BYTES, 1024, 1, 1024 },
+        { "1025", 10, SS_NUM_BYTES, 1024, 0, 0 },
+        { "1K", 10, SS_NUM_BYTES, 1024, 1, 1024 },
+        { "2K", 10, SS_NUM_BYTES, 1024, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint64_t v = 12345;
+        int rc = ss_parse_u64(cases[i].s, cases[i].base, cases[i].suffix, cases[i].max, &v);
+        if ((rc == 0) != cases[i].ok || (rc == 0 && v != cases[i].want))
+            fail_msg("'%s' (base %d, suffix %d): rc %d, value %llu", cases[i].s, cases[i].base,
+                     cases[i].suffix, rc, (unsigned long long)v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_header_exact),
         cmocka_unit_test(test_fields_per_row),
         cmocka_unit_test(test_deterministic),
