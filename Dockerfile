@@ -12,6 +12,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
+COPY lib/ lib/
 COPY src/ src/
 COPY tools/ tools/
 RUN make -j"$(nproc)" BUILD=/out /out/securestreams

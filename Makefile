@@ -12,13 +12,23 @@ CC     ?= cc
 CFLAGS ?= -O2 -g
 WARN    = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wmissing-prototypes \
           -Wstrict-prototypes -Wno-unused-parameter
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -Isrc $(shell pkg-config --cflags $(PKGS))
+BASE_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
+# The library (lib/) sees only its own headers, so it cannot include a
+# command's; the commands (src/) and the tests see both.
+LIB_CFLAGS = $(BASE_CFLAGS) -Ilib
+ALL_CFLAGS = $(BASE_CFLAGS) -Ilib -Isrc
 LIBS    = $(shell pkg-config --libs $(PKGS)) -lm -lpthread
 
-SRCS     = $(wildcard src/*.c src/lua/*.c)
-LUA_SRCS = $(wildcard src/lua/*.lua)
-OBJS     = $(patsubst src/%.c,$(BUILD)/%.o,$(SRCS)) $(BUILD)/luasrc.o
-LIB_OBJS = $(filter-out $(BUILD)/main.o,$(OBJS))
+LIB_SRCS = $(wildcard lib/*/*.c)
+CMD_SRCS = $(wildcard src/*.c)
+LUA_SRCS = $(wildcard lib/lua/*.lua)
+LIB_OBJS = $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS)) $(BUILD)/luasrc.o
+CMD_OBJS = $(patsubst %.c,$(BUILD)/%.o,$(CMD_SRCS))
+OBJS     = $(LIB_OBJS) $(CMD_OBJS)
+LIBSS    = $(BUILD)/libsecurestreams.a
+# The tests link the library and every command but main (a test may run a
+# command in-process, as test_enclave runs the enclave child).
+TEST_OBJS = $(filter-out $(BUILD)/src/main.o,$(CMD_OBJS)) $(LIBSS)
 TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 .PHONY: all test unit asan install clean deps demo check bench sgx
@@ -27,10 +37,18 @@ SECURITY ?= enclave
 WORKERS  ?= 2
 all: $(BUILD)/securestreams
 
-$(BUILD)/securestreams: $(OBJS)
+$(BUILD)/securestreams: $(CMD_OBJS) $(LIBSS)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/%.o: src/%.c
+$(LIBSS): $(LIB_OBJS)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/lib/%.o: lib/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/src/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
@@ -42,11 +60,11 @@ $(BUILD)/luasrc.c: $(BUILD)/embed $(LUA_SRCS)
 	$(BUILD)/embed $@ $(foreach f,$(LUA_SRCS),$(basename $(notdir $(f)))=$(f))
 
 $(BUILD)/luasrc.o: $(BUILD)/luasrc.c
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(CC) $(LIB_CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
+$(BUILD)/tests/%: tests/%.c $(TEST_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_OBJS) $(LIBS) -lcmocka
 
 $(BUILD)/memscan: tools/memscan.c
 	@mkdir -p $(BUILD)

@@ -2,15 +2,15 @@
  * main.c - the securestreams command: one binary, one subcommand per
  * component or tool, so a deployment ships a single file.
  */
-#include "component.h"
-#include "crypto.h"
-#include "deploy.h"
-#include "enclave.h"
-#include "gen.h"
-#include "lstate.h"
-#include "pipeline.h"
-#include "router.h"
-#include "source.h"
+#include "cli.h"
+#include "crypto/crypto.h"
+#include "cli.h"
+#include "enclave/enclave.h"
+#include "pipeline/gen.h"
+#include "lua/lstate.h"
+#include "cli.h"
+#include "net/router.h"
+#include "cli.h"
 
 #include <malloc.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /*
- * test_codec.c - Lua <-> MessagePack batches (src/codec.c): round trips of
+ * test_codec.c - Lua <-> MessagePack batches (lib/wire/codec.c): round trips of
  * every type, the array/map rule, the integer/float distinction, bounds that
  * leave the batch unchanged, and malformed or truncated payloads.
  */
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "codec.h"
+#include "wire/codec.h"
 
 #include <lauxlib.h>
 #include <lualib.h>

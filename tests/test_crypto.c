@@ -1,5 +1,5 @@
 /*
- * test_crypto.c - keys, sealed batches and sealed files (src/crypto.c,
+ * test_crypto.c - keys, sealed batches and sealed files (lib/crypto/crypto.c,
  * docs/crypto.md): seal/open round trips with both ciphers, every flipped
  * byte of a sealed payload or of its associated data refused, another key
  * and another nonce refused with their messages, fresh salts per session so
@@ -13,8 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "crypto.h"
-#include "frame.h"
+#include "crypto/crypto.h"
+#include "wire/frame.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /*
- * test_csv.c - the Lua modules written in C: csv.parse (src/lua/lcsv.c) and
- * json.encode/json.decode (src/lua/ljson.c). Table-driven: each case is an
+ * test_csv.c - the Lua modules written in C: csv.parse (lib/lua/lcsv.c) and
+ * json.encode/json.decode (lib/lua/ljson.c). Table-driven: each case is an
  * input and either the expected result or a substring of the error.
  */
 #include <setjmp.h>
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "lmodules.h"
+#include "lua/lmodules.h"
 
 #include <lauxlib.h>
 #include <lualib.h>

@@ -1,6 +1,6 @@
 /*
- * test_curve.c - CurveZMQ on the links (src/curve.c, and its use in
- * src/link.c and src/router.c).
+ * test_curve.c - CurveZMQ on the links (lib/crypto/curve.c, and its use in
+ * lib/net/link.c and lib/net/router.c).
  *
  * Part 1: key files (modes, refusal of a secret file others can read,
  * malformed files, table-driven) and allow-lists (directory, list, one .pub).
@@ -17,9 +17,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "curve.h"
-#include "link.h"
-#include "router.h"
+#include "crypto/curve.h"
+#include "net/link.h"
+#include "net/router.h"
 
 #include <errno.h>
 #include <fcntl.h>

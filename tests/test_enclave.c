@@ -1,5 +1,5 @@
 /*
- * test_enclave.c - the enclave (src/enclave.c, src/lsandbox.c,
+ * test_enclave.c - the enclave (lib/enclave/enclave.c, lib/enclave/lsandbox.c,
  * docs/enclave.md) with both backends and the real seccomp filter: map and
  * reduce round trips on sealed batches (the output opened and compared, its
  * header and lineage checked), the child locked down (Seccomp: 2,
@@ -10,7 +10,7 @@
  * process. An alarm bounds the whole run.
  *
  * This binary is also the enclave program of its isolated enclaves: run as
- * `test_enclave enclave-child ...` it is the child (ss_cmd_enclave).
+ * `test_enclave enclave-child ...` it is the child (ss_enclave_child_main).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,11 +18,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "codec.h"
-#include "crypto.h"
-#include "enclave.h"
-#include "envelope.h"
-#include "lsandbox.h"
+#include "wire/codec.h"
+#include "crypto/crypto.h"
+#include "enclave/enclave.h"
+#include "wire/envelope.h"
+#include "enclave/lsandbox.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -852,7 +852,7 @@ static void code_text(void **state)
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "enclave-child"))
-        return ss_cmd_enclave(argc - 1, argv + 1);
+        return ss_enclave_child_main(argc - 1, argv + 1);
     alarm(240);   /* bounds the whole run */
     assert_int_equal(ss_crypto_init(), SS_OK);
     snprintf(dir, sizeof dir, "/tmp/ss-test-enclave-XXXXXX");

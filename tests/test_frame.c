@@ -1,5 +1,5 @@
 /*
- * test_frame.c - the wire format of docs/protocol.md (src/frame.c): link
+ * test_frame.c - the wire format of docs/protocol.md (lib/wire/frame.c): link
  * frames and stream headers round-trip byte for byte, every wrong size,
  * version, kind or type is refused, lineage frames are checked and
  * normalised.
@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "frame.h"
+#include "wire/frame.h"
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /*
- * test_gen.c - the airline data generator (src/gen.c): exact header, 29
+ * test_gen.c - the airline data generator (lib/pipeline/gen.c): exact header, 29
  * fields per row, determinism, row size, the NA rules of cancelled and
  * diverted flights, delay causes, carriers, and the command line.
  */
@@ -9,7 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "gen.h"
+#include "cli.h"
+#include "pipeline/gen.h"
 
 #include <stdio.h>
 #include <stdlib.h>

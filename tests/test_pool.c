@@ -1,5 +1,5 @@
 /*
- * test_pool.c - the Lua allocator (src/lpool.c): random allocate, grow,
+ * test_pool.c - the Lua allocator (lib/enclave/lpool.c): random allocate, grow,
  * shrink and free sequences keep every block's bytes; the bound on what the
  * pool takes from malloc holds, shrinking never fails even at the bound,
  * and a Lua state over a bounded pool raises "not enough memory" and
@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "lpool.h"
+#include "enclave/lpool.h"
 
 #include <lauxlib.h>
 #include <lualib.h>

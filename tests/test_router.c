@@ -1,5 +1,5 @@
 /*
- * test_router.c - the router (src/router.c) and the links (src/link.c).
+ * test_router.c - the router (lib/net/router.c) and the links (lib/net/link.c).
  *
  * Part 1 drives the protocol state machine (router_state.h) without sockets:
  * a recorder stands for the sockets and the clock is moved by hand, so every
@@ -15,9 +15,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "link.h"
-#include "router.h"
-#include "router_state.h"
+#include "net/link.h"
+#include "net/router.h"
+#include "net/router_state.h"
 
 #include <errno.h>
 #include <msgpack.h>

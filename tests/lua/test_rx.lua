@@ -1,11 +1,11 @@
--- test_rx.lua - tests of src/lua/rx.lua, the RxLua-compatible stream API.
+-- test_rx.lua - tests of lib/lua/rx.lua, the RxLua-compatible stream API.
 -- Run from the repository root: lua5.4 tests/lua/test_rx.lua [name-pattern]
 -- Prints one line per failure (expected vs actual) and a closing count;
 -- exits non-zero when a test failed.
 
 if not package.preload.rx and not package.searchpath('rx', package.path) then
   local here = (arg and arg[0] or ''):match('^(.*)[/\\][^/\\]*$') or '.'
-  package.path = here .. '/../../src/lua/?.lua;src/lua/?.lua;' .. package.path
+  package.path = here .. '/../../lib/lua/?.lua;lib/lua/?.lua;' .. package.path
 end
 
 local Rx = require 'rx'
