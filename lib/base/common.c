@@ -14,6 +14,16 @@
 
 static const char *component = "securestreams";
 
+void ss_say(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
 const char *ss_strerror(ss_err e)
 {
     static const char *const names[SS_ERR__COUNT] = {

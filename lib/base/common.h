@@ -29,6 +29,11 @@ typedef enum {
 
 const char *ss_strerror(ss_err e);
 
+/* Format a message into the caller's error buffer (err, errlen), the way
+ * every function here that takes one reports what failed and where. Does
+ * nothing when err is NULL or errlen is 0. */
+void ss_say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Name used as the prefix of every log line of this process. Not copied. */
 void ss_log_init(const char *component);
 void ss_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -15,6 +15,8 @@
  * and written through a temporary file so OUT is complete or absent.
  */
 #include "crypto/crypto.h"
+#include "base/file.h"
+#include "wire/pack.h"
 
 #include "wire/codec.h"
 
@@ -43,18 +45,6 @@
 /* The largest MessagePack batch encrypt builds: header, lineage and sealed
  * payload together fit in SS_MAX_MESSAGE, so a record can travel as is. */
 #define EOS_PAYLOAD_MAX 128           /* the sealed file's EOS map is ~60 bytes */
-
-static void say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- ciphers -------------------------------------------------------------- */
 
@@ -127,23 +117,6 @@ void ss_key_id_hex(const uint8_t id[SS_KEY_ID_BYTES], char out[2 * SS_KEY_ID_BYT
     sodium_bin2hex(out, 2 * SS_KEY_ID_BYTES + 1, id, SS_KEY_ID_BYTES);
 }
 
-/* Writes all of p, retrying on EINTR and short writes. errno on failure. */
-static int write_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    while (n > 0) {
-        ssize_t w = write(fd, b, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /*
  * O_EXCL: an existing file (a key, or anything else) is never replaced. The
  * text sits in a locked stack buffer wiped before returning; on a failed
@@ -152,36 +125,14 @@ static int write_all(int fd, const void *p, size_t n)
 ss_err ss_key_save(const ss_key_t *k, const char *path, char *err, size_t errlen)
 {
     char text[160], idhex[2 * SS_KEY_ID_BYTES + 1], keyhex[2 * SS_KEY_BYTES + 1];
-    ss_err rc = SS_OK;
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        int en = errno;
-        if (en == EEXIST)
-            say(err, errlen, "%s already exists; a key file is never overwritten (remove it "
-                "first if you really mean to replace that key)", path);
-        else
-            say(err, errlen, "cannot create %s: %s", path, strerror(en));
-        return SS_ERR_IO;
-    }
     sodium_mlock(text, sizeof text);
     sodium_mlock(keyhex, sizeof keyhex);
     ss_key_id_hex(k->id, idhex);
     sodium_bin2hex(keyhex, sizeof keyhex, k->key, SS_KEY_BYTES);
     int n = snprintf(text, sizeof text, "%s\nid %s\nkey %s\n", KEYFILE_MAGIC, idhex, keyhex);
-    if (write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0) {
-        int en = errno;
-        say(err, errlen, "writing %s: %s", path, strerror(en));
-        rc = SS_ERR_IO;
-    }
+    ss_err rc = ss_file_write_new(path, 0600, text, (size_t)n, err, errlen);
     sodium_munlock(text, sizeof text);     /* munlock also wipes */
     sodium_munlock(keyhex, sizeof keyhex);
-    if (close(fd) != 0 && rc == SS_OK) {
-        int en = errno;
-        say(err, errlen, "writing %s: %s", path, strerror(en));
-        rc = SS_ERR_IO;
-    }
-    if (rc != SS_OK)
-        unlink(path);
     return rc;
 }
 
@@ -201,53 +152,24 @@ static int parse_hex_line(const char *line, size_t len, const char *word, uint8_
 
 ss_err ss_key_load(ss_key_t *k, const char *path, char *err, size_t errlen)
 {
-    char text[KEYFILE_MAX + 1];
     uint8_t id[SS_KEY_ID_BYTES];
-    ss_err rc = SS_ERR_FORMAT;
+    char *text = NULL;
     size_t len = 0;
-    struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int en = errno;
-        say(err, errlen, "cannot open key file %s: %s", path, strerror(en));
-        return SS_ERR_IO;
-    }
-    if (fstat(fd, &st) != 0) {
-        int en = errno;
-        say(err, errlen, "%s: %s", path, strerror(en));
-        close(fd);
-        return SS_ERR_IO;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        say(err, errlen, "%s: not a regular file", path);
-        close(fd);
+    mode_t mode = 0;
+    ss_err rc = ss_file_read(path, KEYFILE_MAX, SS_FILE_SECRET, &text, &len, &mode, err, errlen);
+    if (rc == SS_ERR_TOOBIG) {
+        ss_say(err, errlen, "%s: not a securestreams key file (larger than %u bytes)", path,
+               KEYFILE_MAX);
         return SS_ERR_FORMAT;
     }
-    if (st.st_mode & 077) {
-        say(err, errlen, "%s: readable or writable by others (mode %04o); chmod 600 it", path,
-            (unsigned)(st.st_mode & 07777));
-        close(fd);
-        return SS_ERR_CRYPTO;
-    }
-    sodium_mlock(text, sizeof text);
-    for (;;) {
-        ssize_t n = read(fd, text + len, sizeof text - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int en = errno;
-            say(err, errlen, "reading %s: %s", path, strerror(en));
-            rc = SS_ERR_IO;
-            goto out;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-        if (len == sizeof text) {
-            say(err, errlen, "%s: not a securestreams key file (larger than %u bytes)", path,
-                KEYFILE_MAX);
-            goto out;
-        }
+    if (rc != SS_OK)
+        return rc;
+    rc = SS_ERR_FORMAT;
+    if (mode & 077) {
+        ss_say(err, errlen, "%s: readable or writable by others (mode %04o); chmod 600 it", path,
+               (unsigned)mode);
+        rc = SS_ERR_CRYPTO;
+        goto out;
     }
 
     /* Three lines, the last newline optional, nothing after. */
@@ -256,37 +178,36 @@ ss_err ss_key_load(ss_key_t *k, const char *path, char *err, size_t errlen)
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
         if (no == 1 && (n != strlen(KEYFILE_MAGIC) || memcmp(p, KEYFILE_MAGIC, n) != 0)) {
-            say(err, errlen, "%s:1: not a securestreams data key file (expected '%s')", path,
+            ss_say(err, errlen, "%s:1: not a securestreams data key file (expected '%s')", path,
                 KEYFILE_MAGIC);
             goto out;
         }
         if (no == 2 && parse_hex_line(p, n, "id", id, sizeof id) != 0) {
-            say(err, errlen, "%s:2: expected 'id' and %d hex digits", path, 2 * SS_KEY_ID_BYTES);
+            ss_say(err, errlen, "%s:2: expected 'id' and %d hex digits", path, 2 * SS_KEY_ID_BYTES);
             goto out;
         }
         if (no == 3 && parse_hex_line(p, n, "key", k->key, sizeof k->key) != 0) {
-            say(err, errlen, "%s:3: expected 'key' and %d hex digits", path, 2 * SS_KEY_BYTES);
+            ss_say(err, errlen, "%s:3: expected 'key' and %d hex digits", path, 2 * SS_KEY_BYTES);
             goto out;
         }
         if (no == 4 && p != end) {
-            say(err, errlen, "%s:4: unexpected text after the key", path);
+            ss_say(err, errlen, "%s:4: unexpected text after the key", path);
             goto out;
         }
         if (no < 4 && !nl && no != 3) {
-            say(err, errlen, "%s:%d: file ends early (expected 3 lines)", path, no + 1);
+            ss_say(err, errlen, "%s:%d: file ends early (expected 3 lines)", path, no + 1);
             goto out;
         }
         p = nl ? nl + 1 : end;
     }
     key_id(k->key, k->id);
     if (sodium_memcmp(k->id, id, sizeof id) != 0) {
-        say(err, errlen, "%s:2: the key id does not match the key (damaged file?)", path);
+        ss_say(err, errlen, "%s:2: the key id does not match the key (damaged file?)", path);
         goto out;
     }
     rc = SS_OK;
 out:
-    sodium_munlock(text, sizeof text);
-    close(fd);
+    ss_file_free(text, len, SS_FILE_SECRET);
     if (rc != SS_OK)
         sodium_memzero(k, sizeof *k);
     return rc;
@@ -509,27 +430,27 @@ ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
 {
     const uint8_t *p = sealed;
     if (len < SS_SEAL_OVERHEAD) {
-        say(why, whylen, "too short (%zu bytes; a sealed payload has at least %d)", len,
+        ss_say(why, whylen, "too short (%zu bytes; a sealed payload has at least %d)", len,
             SS_SEAL_OVERHEAD);
         return SS_ERR_FORMAT;
     }
     if (!cipher_known(p[0])) {
-        say(why, whylen, "unknown cipher %u", p[0]);
+        ss_say(why, whylen, "unknown cipher %u", p[0]);
         return SS_ERR_CRYPTO;
     }
     if (p[1] != 0) {
-        say(why, whylen, "reserved byte is %u, not 0", p[1]);
+        ss_say(why, whylen, "reserved byte is %u, not 0", p[1]);
         return SS_ERR_FORMAT;
     }
     if (sodium_memcmp(p + 2, o->id, SS_KEY_ID_BYTES) != 0) {
         char got[2 * SS_KEY_ID_BYTES + 1], want[2 * SS_KEY_ID_BYTES + 1];
         ss_key_id_hex(p + 2, got);
         ss_key_id_hex(o->id, want);
-        say(why, whylen, "sealed with another key (key id %s, expected %s)", got, want);
+        ss_say(why, whylen, "sealed with another key (key id %s, expected %s)", got, want);
         return SS_ERR_CRYPTO;
     }
     if (p[0] == SS_CIPHER_AES256GCM && !crypto_aead_aes256gcm_is_available()) {
-        say(why, whylen, "sealed with AES-256-GCM, which this CPU cannot run (no AES-NI)");
+        ss_say(why, whylen, "sealed with AES-256-GCM, which this CPU cannot run (no AES-NI)");
         return SS_ERR_CRYPTO;
     }
     session *s = find_session(o, p + 2 + SS_KEY_ID_BYTES);
@@ -552,7 +473,7 @@ ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
     }
     if (rc != 0) {
         sodium_memzero(out, n);
-        say(why, whylen, "authentication failed (tampered, reordered or replayed under another "
+        ss_say(why, whylen, "authentication failed (tampered, reordered or replayed under another "
             "position)");
         return SS_ERR_CRYPTO;
     }
@@ -596,7 +517,7 @@ static ss_err fill(ss_sealed_file_t *f, size_t need, size_t *have, char *err, si
                 cap = RECORD_MAX;
             uint8_t *b = realloc(f->buf, cap);
             if (!b) {
-                say(err, errlen, "%s: out of memory for a record of %zu bytes", f->path, need);
+                ss_say(err, errlen, "%s: out of memory for a record of %zu bytes", f->path, need);
                 return SS_ERR_NOMEM;
             }
             f->buf = b;
@@ -609,7 +530,7 @@ static ss_err fill(ss_sealed_file_t *f, size_t need, size_t *have, char *err, si
             continue;
         if (n < 0) {
             int en = errno;
-            say(err, errlen, "reading %s: %s", f->path, strerror(en));
+            ss_say(err, errlen, "reading %s: %s", f->path, strerror(en));
             return SS_ERR_IO;
         }
         if (n == 0)
@@ -665,18 +586,18 @@ static ss_err sealed_open(const char *path, const ss_key_t *k, const char *keyna
     ss_err rc = SS_ERR_NOMEM;
     ss_sealed_file_t *f = calloc(1, sizeof *f);
     if (!f) {
-        say(err, errlen, "%s: out of memory", path);
+        ss_say(err, errlen, "%s: out of memory", path);
         return rc;
     }
     f->fd = -1;
     if (!(f->path = strdup(path)) || !(f->buf = malloc(READ_BUF))) {
-        say(err, errlen, "%s: out of memory", path);
+        ss_say(err, errlen, "%s: out of memory", path);
         goto fail;
     }
     f->cap = READ_BUF;
     if ((f->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
         int en = errno;
-        say(err, errlen, "cannot open %s: %s", path, strerror(en));
+        ss_say(err, errlen, "cannot open %s: %s", path, strerror(en));
         rc = SS_ERR_IO;
         goto fail;
     }
@@ -686,26 +607,26 @@ static ss_err sealed_open(const char *path, const ss_key_t *k, const char *keyna
     const uint8_t *h = f->buf;
     rc = SS_ERR_FORMAT;
     if (have < 8 || memcmp(h, SS_SEALED_MAGIC, 8) != 0) {
-        say(err, errlen, "%s: not a sealed file (it does not start with %s)", path, SS_SEALED_MAGIC);
+        ss_say(err, errlen, "%s: not a sealed file (it does not start with %s)", path, SS_SEALED_MAGIC);
         goto fail;
     }
     if (have < SS_SEALED_FILE_HEADER) {
-        say(err, errlen, "%s: truncated in the file header (%zu of %d bytes)", path, have,
+        ss_say(err, errlen, "%s: truncated in the file header (%zu of %d bytes)", path, have,
             SS_SEALED_FILE_HEADER);
         goto fail;
     }
     if (h[8] != 1) {
-        say(err, errlen, "%s: sealed file version %u; this securestreams reads version 1", path,
+        ss_say(err, errlen, "%s: sealed file version %u; this securestreams reads version 1", path,
             h[8]);
         goto fail;
     }
     if (!cipher_known(h[9])) {
-        say(err, errlen, "%s: unknown cipher %u in the file header", path, h[9]);
+        ss_say(err, errlen, "%s: unknown cipher %u in the file header", path, h[9]);
         goto fail;
     }
     uint16_t hl = ss_get_u16(h + 10);
     if (hl > 1 || !all_zero(h + 12, 4) || !all_zero(h + 36, 28) || ss_get_u64(h + 24) == 0) {
-        say(err, errlen, "%s: damaged file header (header lines %u; reserved bytes must be 0, "
+        ss_say(err, errlen, "%s: damaged file header (header lines %u; reserved bytes must be 0, "
             "the file id not)", path, hl);
         goto fail;
     }
@@ -713,13 +634,13 @@ static ss_err sealed_open(const char *path, const ss_key_t *k, const char *keyna
         char got[2 * SS_KEY_ID_BYTES + 1], want[2 * SS_KEY_ID_BYTES + 1];
         ss_key_id_hex(h + 16, got);
         ss_key_id_hex(k->id, want);
-        say(err, errlen, "%s was sealed with another key (key id %s; %s has %s)", path, got,
+        ss_say(err, errlen, "%s was sealed with another key (key id %s; %s has %s)", path, got,
             keyname ? keyname : "the key given", want);
         rc = SS_ERR_CRYPTO;
         goto fail;
     }
     if (h[9] == SS_CIPHER_AES256GCM && !crypto_aead_aes256gcm_is_available()) {
-        say(err, errlen, "%s is sealed with AES-256-GCM, which this CPU cannot run (no AES-NI)",
+        ss_say(err, errlen, "%s is sealed with AES-256-GCM, which this CPU cannot run (no AES-NI)",
             path);
         rc = SS_ERR_CRYPTO;
         goto fail;
@@ -732,7 +653,7 @@ static ss_err sealed_open(const char *path, const ss_key_t *k, const char *keyna
     f->pos = SS_SEALED_FILE_HEADER;
     f->off = SS_SEALED_FILE_HEADER;
     if (ss_opener_new(k, &f->opener) != SS_OK) {
-        say(err, errlen, "%s: out of memory", path);
+        ss_say(err, errlen, "%s: out of memory", path);
         rc = SS_ERR_NOMEM;
         goto fail;
     }
@@ -787,7 +708,7 @@ static ss_err check_eos(ss_sealed_file_t *f, const uint8_t *plain, size_t len, c
     ss_err rc = SS_ERR_FORMAT;
     if (msgpack_unpack_next(&u, (const char *)plain, len, &off) != MSGPACK_UNPACK_SUCCESS
         || off != len || u.data.type != MSGPACK_OBJECT_MAP || u.data.via.map.size != 4) {
-        say(err, errlen, "%s: the end-of-stream record is not the expected map", where);
+        ss_say(err, errlen, "%s: the end-of-stream record is not the expected map", where);
         goto out;
     }
     for (uint32_t i = 0; i < 4; i++) {
@@ -796,7 +717,7 @@ static ss_err check_eos(ss_sealed_file_t *f, const uint8_t *plain, size_t len, c
         while (k < 4 && !is_str(&kv->key, keys[k]))
             k++;
         if (k == 4 || (seen & (1 << k))) {
-            say(err, errlen, "%s: unexpected or repeated key in the end-of-stream record", where);
+            ss_say(err, errlen, "%s: unexpected or repeated key in the end-of-stream record", where);
             goto out;
         }
         seen |= 1 << k;
@@ -805,13 +726,13 @@ static ss_err check_eos(ss_sealed_file_t *f, const uint8_t *plain, size_t len, c
         else if (k < 3 && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
             v[k] = kv->val.via.u64;
         else {
-            say(err, errlen, "%s: end-of-stream field %s has the wrong type", where, keys[k]);
+            ss_say(err, errlen, "%s: end-of-stream field %s has the wrong type", where, keys[k]);
             goto out;
         }
     }
     if (v[0] != f->next_seq || v[1] != f->records || v[2] != (uint64_t)f->header_lines
         || (f->records == 0 && !fnl)) {
-        say(err, errlen, "%s: the end of stream says %llu batches, %llu lines, %llu header lines; "
+        ss_say(err, errlen, "%s: the end of stream says %llu batches, %llu lines, %llu header lines; "
             "the file holds %llu, %llu, %d", where, (unsigned long long)v[0],
             (unsigned long long)v[1], (unsigned long long)v[2], (unsigned long long)f->next_seq,
             (unsigned long long)f->records, f->header_lines);
@@ -827,9 +748,9 @@ out:
 static void truncated(ss_sealed_file_t *f, char *err, size_t errlen)
 {
     if (f->next_seq == 0)
-        say(err, errlen, "%s: truncated after the file header (no end-of-stream record)", f->path);
+        ss_say(err, errlen, "%s: truncated after the file header (no end-of-stream record)", f->path);
     else
-        say(err, errlen, "%s: truncated after batch %llu (no end-of-stream record)", f->path,
+        ss_say(err, errlen, "%s: truncated after batch %llu (no end-of-stream record)", f->path,
             (unsigned long long)(f->next_seq - 1));
 }
 
@@ -860,7 +781,7 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
     uint32_t llen = ss_get_u32(f->buf + f->pos), plen = ss_get_u32(f->buf + f->pos + 4);
     if ((llen != 0 && llen != SS_LINEAGE_ENTRY) || plen < SS_SEAL_OVERHEAD
         || (uint64_t)SS_HEADER_SIZE + llen + plen > SS_MAX_MESSAGE) {
-        say(err, errlen, "%s: lineage length %u and payload length %u are not a sealed record's "
+        ss_say(err, errlen, "%s: lineage length %u and payload length %u are not a sealed record's "
             "(damaged file?)", where, llen, plen);
         return SS_ERR_FORMAT;
     }
@@ -874,7 +795,7 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
     const uint8_t *r = f->buf + f->pos + RECORD_LENGTHS;
     const uint8_t *lin = r + SS_HEADER_SIZE, *pl = lin + llen;
     if (ss_header_decode(r, SS_HEADER_SIZE, h) != SS_OK) {
-        say(err, errlen, "%s: malformed stream header", where);
+        ss_say(err, errlen, "%s: malformed stream header", where);
         return SS_ERR_FORMAT;
     }
     const char *bad = NULL;
@@ -898,7 +819,7 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
                       || (f->header_lines && h->seq == 0 && h->count != 1)))
         bad = "its line count or first line number does not follow the previous batch";
     if (bad) {
-        say(err, errlen, "%s: %s (damaged file?)", where, bad);
+        ss_say(err, errlen, "%s: %s (damaged file?)", where, bad);
         return SS_ERR_FORMAT;
     }
     if (eos) {
@@ -906,12 +827,12 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
         size_t n;
         char why[160];
         if (plen > sizeof plain + SS_SEAL_OVERHEAD) {
-            say(err, errlen, "%s: end-of-stream payload of %u bytes is too long", where, plen);
+            ss_say(err, errlen, "%s: end-of-stream payload of %u bytes is too long", where, plen);
             return SS_ERR_FORMAT;
         }
         if ((rc = ss_open(f->opener, h->seq, r, SS_HEADER_SIZE, pl, plen, plain, &n, why,
                           sizeof why)) != SS_OK) {
-            say(err, errlen, "%s (end of stream): %s", where, why);
+            ss_say(err, errlen, "%s (end of stream): %s", where, why);
             return rc;
         }
         if ((rc = check_eos(f, plain, n, where, err, errlen)) != SS_OK)
@@ -921,7 +842,7 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
         if ((rc = fill(f, 1, &have, err, errlen)) != SS_OK)
             return rc;
         if (have > 0) {
-            say(err, errlen, "%s: unexpected data after the end-of-stream record at offset %llu",
+            ss_say(err, errlen, "%s: unexpected data after the end-of-stream record at offset %llu",
                 f->path, (unsigned long long)f->off);
             return SS_ERR_FORMAT;
         }
@@ -970,7 +891,7 @@ static ss_err out_open(outfile *o, const char *path, mode_t mode, char *err, siz
     o->path = path;
     size_t n = strlen(path);
     if (!(o->tmp = malloc(n + 5))) {
-        say(err, errlen, "out of memory");
+        ss_say(err, errlen, "out of memory");
         return SS_ERR_NOMEM;
     }
     memcpy(o->tmp, path, n);
@@ -990,14 +911,14 @@ static ss_err out_open(outfile *o, const char *path, mode_t mode, char *err, siz
     if (o->fd < 0) {
         if (unlink(o->tmp) != 0 && errno != ENOENT) {
             int en = errno;
-            say(err, errlen, "cannot replace %s: %s", o->tmp, strerror(en));
+            ss_say(err, errlen, "cannot replace %s: %s", o->tmp, strerror(en));
             return SS_ERR_IO;
         }
         o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     }
     if (o->fd < 0) {
         int en = errno;
-        say(err, errlen, "cannot create %s: %s", o->tmp, strerror(en));
+        ss_say(err, errlen, "cannot create %s: %s", o->tmp, strerror(en));
         return SS_ERR_IO;
     }
     return SS_OK;
@@ -1050,7 +971,7 @@ static ss_err out_commit(outfile *o, char *err, size_t errlen)
     o->tmp = NULL;
     return SS_OK;
 fail:
-    say(err, errlen, "writing %s: %s", what, strerror(en));
+    ss_say(err, errlen, "writing %s: %s", what, strerror(en));
     out_abort(o);
     return SS_ERR_IO;
 }
@@ -1089,7 +1010,7 @@ static ss_err put_record(encrypter *e, const ss_header_t *h, size_t llen, const 
     if (need > e->reccap) {
         uint8_t *r = realloc(e->rec, need);
         if (!r) {
-            say(err, errlen, "out of memory for a record of %zu bytes", need);
+            ss_say(err, errlen, "out of memory for a record of %zu bytes", need);
             return SS_ERR_NOMEM;
         }
         e->rec = r;
@@ -1105,12 +1026,12 @@ static ss_err put_record(encrypter *e, const ss_header_t *h, size_t llen, const 
     ss_err rc = ss_seal(e->sealer, h->seq, ad, SS_HEADER_SIZE + llen, plain, plen,
                         ad + SS_HEADER_SIZE + llen, &slen);
     if (rc != SS_OK) {
-        say(err, errlen, "sealing batch %llu: %s", (unsigned long long)h->seq, ss_strerror(rc));
+        ss_say(err, errlen, "sealing batch %llu: %s", (unsigned long long)h->seq, ss_strerror(rc));
         return rc;
     }
-    if (write_all(e->out.fd, e->rec, RECORD_LENGTHS + SS_HEADER_SIZE + llen + slen) != 0) {
+    if (ss_write_all(e->out.fd, e->rec, RECORD_LENGTHS + SS_HEADER_SIZE + llen + slen) != 0) {
         int en = errno;
-        say(err, errlen, "writing %s: %s", e->out.tmp, strerror(en));
+        ss_say(err, errlen, "writing %s: %s", e->out.tmp, strerror(en));
         return SS_ERR_IO;
     }
     return SS_OK;
@@ -1148,12 +1069,12 @@ static ss_err take_line(encrypter *e, const char *line, size_t len, char *err, s
         rc = ss_batch_writer_add_string(&e->w, line, len);
     }
     if (rc == SS_ERR_TOOBIG) {
-        say(err, errlen, "%s:%llu: line of %zu bytes; a sealed batch holds at most %u", e->in,
+        ss_say(err, errlen, "%s:%llu: line of %zu bytes; a sealed batch holds at most %u", e->in,
             (unsigned long long)e->lines, len, (unsigned)SS_SEALED_BATCH_MAX);
         return rc;
     }
     if (rc != SS_OK) {
-        say(err, errlen, "%s:%llu: %s", e->in, (unsigned long long)e->lines, ss_strerror(rc));
+        ss_say(err, errlen, "%s:%llu: %s", e->in, (unsigned long long)e->lines, ss_strerror(rc));
         return rc;
     }
     if ((e->header_lines && e->lines == 1) || e->w.len >= e->batch_bytes)
@@ -1173,49 +1094,25 @@ static ss_err put_file_header(encrypter *e, ss_cipher c, const ss_key_t *k, char
     memcpy(h + 16, k->id, SS_KEY_ID_BYTES);
     ss_put_u64(h + 24, e->id);
     ss_put_u32(h + 32, e->stream);
-    if (write_all(e->out.fd, h, sizeof h) != 0) {
+    if (ss_write_all(e->out.fd, h, sizeof h) != 0) {
         int en = errno;
-        say(err, errlen, "writing %s: %s", e->out.tmp, strerror(en));
+        ss_say(err, errlen, "writing %s: %s", e->out.tmp, strerror(en));
         return SS_ERR_IO;
     }
     return SS_OK;
 }
 
-/* msgpack_packer callback into a fixed buffer. */
-typedef struct {
-    uint8_t data[EOS_PAYLOAD_MAX];
-    size_t len;
-} small_buf;
-
-static int small_write(void *data, const char *p, size_t n)
-{
-    small_buf *b = data;
-    if (n > sizeof b->data - b->len)
-        return -1;
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static void pack_key(msgpack_packer *pk, const char *k)
-{
-    msgpack_pack_str(pk, strlen(k));
-    msgpack_pack_str_body(pk, k, strlen(k));
-}
-
 static ss_err put_eos(encrypter *e, int final_newline, char *err, size_t errlen)
 {
-    small_buf b = { .len = 0 };
+    uint8_t storage[EOS_PAYLOAD_MAX];
+    ss_fixbuf b;
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, small_write);
+    ss_fixbuf_init(&b, &pk, storage, sizeof storage);
     msgpack_pack_map(&pk, 4);
-    pack_key(&pk, "batches");
-    msgpack_pack_uint64(&pk, e->seq);
-    pack_key(&pk, "records");
-    msgpack_pack_uint64(&pk, e->lines);
-    pack_key(&pk, "header_lines");
-    msgpack_pack_uint64(&pk, (uint64_t)e->header_lines);
-    pack_key(&pk, "final_newline");
+    ss_pack_kv_u64(&pk, "batches", e->seq);
+    ss_pack_kv_u64(&pk, "records", e->lines);
+    ss_pack_kv_u64(&pk, "header_lines", (uint64_t)e->header_lines);
+    ss_pack_str(&pk, "final_newline");
     if (final_newline)
         msgpack_pack_true(&pk);
     else
@@ -1243,16 +1140,16 @@ ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k
     ss_err rc = SS_ERR_NOMEM;
 
     if (ss_batch_writer_init(&e.w, SS_SEALED_BATCH_MAX) != SS_OK || !(buf = malloc(cap))) {
-        say(err, errlen, "out of memory");
+        ss_say(err, errlen, "out of memory");
         goto out;
     }
     if ((rc = ss_sealer_new(k, o->cipher, &e.sealer)) != SS_OK) {
-        say(err, errlen, "cannot seal with %s on this machine", ss_cipher_name(o->cipher));
+        ss_say(err, errlen, "cannot seal with %s on this machine", ss_cipher_name(o->cipher));
         goto out;
     }
     if ((fd = open(in, O_RDONLY | O_CLOEXEC)) < 0) {
         int en = errno;
-        say(err, errlen, "cannot open %s: %s", in, strerror(en));
+        ss_say(err, errlen, "cannot open %s: %s", in, strerror(en));
         rc = SS_ERR_IO;
         goto out;
     }
@@ -1264,7 +1161,7 @@ ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k
             continue;
         if (n < 0) {
             int en = errno;
-            say(err, errlen, "reading %s: %s", in, strerror(en));
+            ss_say(err, errlen, "reading %s: %s", in, strerror(en));
             rc = SS_ERR_IO;
             goto out;
         }
@@ -1301,7 +1198,7 @@ ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k
         }
         if (have == cap) {
             if (cap >= SS_SEALED_BATCH_MAX) {
-                say(err, errlen, "%s:%llu: line longer than %u bytes; a sealed batch holds at "
+                ss_say(err, errlen, "%s:%llu: line longer than %u bytes; a sealed batch holds at "
                     "most that", in, (unsigned long long)e.lines + 1, (unsigned)SS_SEALED_BATCH_MAX);
                 rc = SS_ERR_TOOBIG;
                 goto out;
@@ -1309,7 +1206,7 @@ ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k
             size_t ncap = cap * 2 > SS_SEALED_BATCH_MAX ? SS_SEALED_BATCH_MAX : cap * 2;
             uint8_t *b = realloc(buf, ncap);
             if (!b) {
-                say(err, errlen, "out of memory reading a line of %zu bytes", have);
+                ss_say(err, errlen, "out of memory reading a line of %zu bytes", have);
                 rc = SS_ERR_NOMEM;
                 goto out;
             }
@@ -1357,11 +1254,11 @@ static ss_err join_lines(uint8_t *p, size_t len, uint32_t count, size_t *end, ch
         n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
         i = 5;
     } else {
-        say(why, whylen, "the batch is not a MessagePack array");
+        ss_say(why, whylen, "the batch is not a MessagePack array");
         return SS_ERR_FORMAT;
     }
     if (n != count) {
-        say(why, whylen, "the batch holds %u lines; its header says %u", n, count);
+        ss_say(why, whylen, "the batch holds %u lines; its header says %u", n, count);
         return SS_ERR_FORMAT;
     }
     for (uint32_t k = 0; k < n; k++) {
@@ -1380,11 +1277,11 @@ static ss_err join_lines(uint8_t *p, size_t len, uint32_t count, size_t *end, ch
             hl = 5;
             sl = (size_t)p[i + 1] << 24 | (size_t)p[i + 2] << 16 | (size_t)p[i + 3] << 8 | p[i + 4];
         } else {
-            say(why, whylen, "line %u of the batch is not a string", k);
+            ss_say(why, whylen, "line %u of the batch is not a string", k);
             return SS_ERR_FORMAT;
         }
         if (sl > len - i - hl) {
-            say(why, whylen, "line %u of the batch runs past its end", k);
+            ss_say(why, whylen, "line %u of the batch runs past its end", k);
             return SS_ERR_FORMAT;
         }
         if (k > 0)
@@ -1394,7 +1291,7 @@ static ss_err join_lines(uint8_t *p, size_t len, uint32_t count, size_t *end, ch
         i += hl + sl;
     }
     if (i != len) {
-        say(why, whylen, "%zu bytes after the batch's last line", len - i);
+        ss_say(why, whylen, "%zu bytes after the batch's last line", len - i);
         return SS_ERR_FORMAT;
     }
     *end = o;
@@ -1429,7 +1326,7 @@ ss_err ss_sealed_file_decrypt(const char *in, const char *out, const ss_key_t *k
             size_t c = plen - SS_SEAL_OVERHEAD < 64 ? 64 : plen - SS_SEAL_OVERHEAD;
             uint8_t *p = realloc(plain, c);
             if (!p) {
-                say(err, errlen, "out of memory for a batch of %zu bytes", c);
+                ss_say(err, errlen, "out of memory for a batch of %zu bytes", c);
                 rc = SS_ERR_NOMEM;
                 goto out;
             }
@@ -1441,22 +1338,22 @@ ss_err ss_sealed_file_decrypt(const char *in, const char *out, const ss_key_t *k
         if (rc == SS_OK)
             rc = join_lines(plain, n, h.count, &end, why, sizeof why);
         if (rc != SS_OK) {
-            say(err, errlen, "%s: batch %llu at offset %llu: %s", in, (unsigned long long)h.seq,
+            ss_say(err, errlen, "%s: batch %llu at offset %llu: %s", in, (unsigned long long)h.seq,
                 (unsigned long long)off, why);
             goto out;
         }
         plain[0] = '\n';
-        if (write_all(of.fd, plain + !owed, end - !owed) != 0) {
+        if (ss_write_all(of.fd, plain + !owed, end - !owed) != 0) {
             int en = errno;
-            say(err, errlen, "writing %s: %s", of.tmp, strerror(en));
+            ss_say(err, errlen, "writing %s: %s", of.tmp, strerror(en));
             rc = SS_ERR_IO;
             goto out;
         }
         owed = 1;
     }
-    if (owed && f->final_newline && write_all(of.fd, "\n", 1) != 0) {
+    if (owed && f->final_newline && ss_write_all(of.fd, "\n", 1) != 0) {
         int en = errno;
-        say(err, errlen, "writing %s: %s", of.tmp, strerror(en));
+        ss_say(err, errlen, "writing %s: %s", of.tmp, strerror(en));
         rc = SS_ERR_IO;
         goto out;
     }

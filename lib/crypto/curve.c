@@ -17,6 +17,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "crypto/curve.h"
+#include "base/file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,87 +44,6 @@
 
 /* ---- files ---- */
 
-/* Read a whole file of at most `max` bytes into a NUL-terminated buffer the
- * caller frees (and wipes); *mode (may be NULL) receives its permissions. */
-static ss_err read_file(const char *path, size_t max, mode_t *mode, char **out, size_t *len,
-                        char *err, size_t errlen)
-{
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int en = errno;
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(en));
-        return SS_ERR_IO;
-    }
-    ss_err rc = SS_ERR_IO;
-    char *buf = NULL;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int en = errno;
-        snprintf(err, errlen, "cannot stat %s: %s", path, strerror(en));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        rc = SS_ERR_FORMAT;
-        goto out;
-    }
-    if (mode)
-        *mode = st.st_mode & 07777;
-    if ((uint64_t)st.st_size > max) {
-        snprintf(err, errlen, "%s: larger than %zu bytes, not a key file", path, max);
-        rc = SS_ERR_TOOBIG;
-        goto out;
-    }
-    buf = malloc(max + 1);
-    if (!buf) {
-        snprintf(err, errlen, "out of memory reading %s", path);
-        rc = SS_ERR_NOMEM;
-        goto out;
-    }
-    size_t n = 0;
-    for (;;) {
-        ssize_t got = read(fd, buf + n, max + 1 - n);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            int en = errno;
-            snprintf(err, errlen, "cannot read %s: %s", path, strerror(en));
-            goto out;
-        }
-        if (got == 0)
-            break;
-        n += (size_t)got;
-        if (n > max) {
-            snprintf(err, errlen, "%s: larger than %zu bytes, not a key file", path, max);
-            rc = SS_ERR_TOOBIG;
-            goto out;
-        }
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    buf = NULL;
-    rc = SS_OK;
-out:
-    if (buf) {
-        sodium_memzero(buf, max + 1);
-        free(buf);
-    }
-    close(fd);
-    return rc;
-}
-
-static void wipe_free(char *buf, size_t len)
-{
-    if (buf) {
-        sodium_memzero(buf, len);
-        free(buf);
-    }
-}
-
-/* Next line of a NUL-terminated buffer: *line points at it, NUL-terminated
- * in place with trailing blanks and CR removed. Returns 0 at the end. */
 static int next_line(char **cursor, char **line)
 {
     char *s = *cursor;
@@ -230,11 +150,11 @@ ss_err ss_curve_load_secret(const char *path, char pub[SS_Z85_KEY], char sec[SS_
     size_t len = 0;
     int kind = 0;
     mode_t mode = 0;
-    ss_err rc = read_file(path, KEYFILE_MAX, &mode, &text, &len, err, errlen);
+    ss_err rc = ss_file_read(path, KEYFILE_MAX, SS_FILE_SECRET, &text, &len, &mode, err, errlen);
     if (rc != SS_OK)
         return rc;
     rc = parse_keyfile(path, text, &kind, pub, sec, err, errlen);
-    wipe_free(text, len);
+    ss_file_free(text, len, SS_FILE_SECRET);
     if (rc == SS_OK && kind != FILE_SECRET) {
         snprintf(err, errlen, "%s: a public key file; give the secret key file (the one "
                  "without .pub)", path);
@@ -262,50 +182,12 @@ ss_err ss_curve_load_public(const char *path, char pub[SS_Z85_KEY], char *err, s
     char *text = NULL;
     size_t len = 0;
     int kind = 0;
-    ss_err rc = read_file(path, KEYFILE_MAX, NULL, &text, &len, err, errlen);
+    ss_err rc = ss_file_read(path, KEYFILE_MAX, SS_FILE_SECRET, &text, &len, NULL, err, errlen);
     if (rc != SS_OK)
         return rc;
     rc = parse_keyfile(path, text, &kind, pub, NULL, err, errlen);
-    wipe_free(text, len);
+    ss_file_free(text, len, SS_FILE_SECRET);
     return rc;
-}
-
-/* Write all of buf to a new file (O_EXCL) with exactly `mode`. */
-static ss_err write_new(const char *path, mode_t mode, const char *buf, size_t len,
-                        char *err, size_t errlen)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0) {
-        int en = errno;
-        if (en == EEXIST)
-            snprintf(err, errlen, "%s exists; refusing to overwrite it", path);
-        else
-            snprintf(err, errlen, "cannot create %s: %s", path, strerror(en));
-        return SS_ERR_IO;
-    }
-    int en = 0;
-    if (fchmod(fd, mode) != 0)   /* the umask may have taken bits of a .pub */
-        en = errno;
-    size_t off = 0;
-    while (!en && off < len) {
-        ssize_t n = write(fd, buf + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            en = errno;
-        else
-            off += (size_t)n;
-    }
-    if (!en && fsync(fd) != 0)
-        en = errno;
-    if (close(fd) != 0 && !en)
-        en = errno;
-    if (en) {
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(en));
-        unlink(path);
-        return SS_ERR_IO;
-    }
-    return SS_OK;
 }
 
 ss_err ss_curve_keygen(const char *path, char *err, size_t errlen)
@@ -331,12 +213,12 @@ ss_err ss_curve_keygen(const char *path, char *err, size_t errlen)
     }
     int n = snprintf(text, sizeof text, SECRET_HEADER "\npublic %s\nsecret %s\n", pub, sec);
     sodium_memzero(sec, sizeof sec);
-    ss_err rc = write_new(path, 0600, text, (size_t)n, err, errlen);
+    ss_err rc = ss_file_write_new(path, 0600, text, (size_t)n, err, errlen);
     sodium_memzero(text, sizeof text);
     if (rc != SS_OK)
         return rc;
     n = snprintf(text, sizeof text, PUBLIC_HEADER "\npublic %s\n", pub);
-    rc = write_new(pubpath, 0644, text, (size_t)n, err, errlen);
+    rc = ss_file_write_new(pubpath, 0644, text, (size_t)n, err, errlen);
     if (rc != SS_OK)
         unlink(path);   /* ours: created above with O_EXCL */
     return rc;
@@ -549,7 +431,7 @@ ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, 
         rc = SS_ERR_IO;
     } else if (S_ISDIR(st.st_mode)) {
         rc = allow_load_dir(a, path, err, errlen);
-    } else if ((rc = read_file(path, LIST_MAX, NULL, &text, &len, err, errlen)) == SS_OK) {
+    } else if ((rc = ss_file_read(path, LIST_MAX, 0, &text, &len, NULL, err, errlen)) == SS_OK) {
         if (strncmp(text, PUBLIC_HEADER "\n", sizeof PUBLIC_HEADER) == 0
             || strncmp(text, PUBLIC_HEADER "\r", sizeof PUBLIC_HEADER) == 0) {
             rc = allow_add_file(a, path, err, errlen);
@@ -561,7 +443,7 @@ ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, 
             rc = allow_load_list(a, path, text, err, errlen);
         }
     }
-    free(text);
+    ss_file_free(text, len, 0);
     if (rc == SS_OK && a->n == 0) {
         snprintf(err, errlen, "the allow-list %s names no client key%s", path,
                  S_ISDIR(st.st_mode) ? " (no *.pub file in the directory)" : "");
