@@ -132,9 +132,8 @@ int ss_env_int(const char *name, int dflt)
     const char *v = getenv(name);
     if (!v || !*v)
         return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n <= 0 || n > 3600000)
+    uint64_t n;
+    if (ss_parse_u64(v, 10, SS_NUM_PLAIN, 3600000, &n) != 0 || n == 0)
         return dflt;
     return (int)n;
 }

@@ -111,3 +111,19 @@ size_t ss_lineage_normalise(ss_lineage_id *ids, size_t n)
             ids[out++] = ids[i];
     return out;
 }
+
+ss_err ss_stream_from_env(uint32_t *out, char *err, size_t errlen)
+{
+    const char *s = getenv("SS_STREAM");
+    uint64_t v;
+    *out = SS_DEFAULT_STREAM;
+    if (!s || !*s)
+        return SS_OK;
+    if (ss_parse_u64(s, 0, SS_NUM_PLAIN, UINT32_MAX, &v) != 0) {
+        ss_say(err, errlen, "SS_STREAM=%s: not a pipeline id (a number from 0 to %u, decimal or 0x hex)",
+               s, (unsigned)UINT32_MAX);
+        return SS_ERR_USAGE;
+    }
+    *out = (uint32_t)v;
+    return SS_OK;
+}

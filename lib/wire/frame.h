@@ -77,4 +77,10 @@ void ss_lineage_put(void *buf, size_t i, ss_lineage_id id);
 /* Sort and remove duplicates in place; returns the new count. */
 size_t ss_lineage_normalise(ss_lineage_id *ids, size_t n);
 
+/* The pipeline id every component of one pipeline shares: SS_STREAM from
+ * the environment (decimal or 0x hex), SS_DEFAULT_STREAM when it is unset or
+ * empty. SS_ERR_USAGE, with a message naming the variable, when it is not a
+ * 32-bit number. The one reader of SS_STREAM. */
+ss_err ss_stream_from_env(uint32_t *out, char *err, size_t errlen);
+
 #endif
