@@ -31,6 +31,7 @@
 #include "base/common.h"
 #include "cli.h"
 #include "crypto/crypto.h"
+#include "crypto/sealed.h"
 #include "crypto/curve.h"
 #include "pipeline/spec.h"
 

@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "base/common.h"
 #include "crypto/crypto.h"
+#include "crypto/sealed.h"
 #include "crypto/curve.h"
 
 #include <sodium.h>

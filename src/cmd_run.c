@@ -14,6 +14,7 @@
 #include "base/common.h"
 #include "cli.h"
 #include "crypto/crypto.h"
+#include "crypto/sealed.h"
 #include "pipeline/spec.h"
 
 #include <errno.h>

@@ -16,6 +16,7 @@
 #include "wire/codec.h"
 #include "cli.h"
 #include "crypto/crypto.h"
+#include "crypto/sealed.h"
 #include "wire/envelope.h"
 #include "wire/frame.h"
 #include "net/link.h"

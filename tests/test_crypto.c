@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "crypto/crypto.h"
+#include "crypto/sealed.h"
 #include "wire/frame.h"
 
 #include <errno.h>

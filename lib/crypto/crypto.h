@@ -1,5 +1,5 @@
 /*
- * crypto.h - data keys, sealed batches and sealed files (docs/crypto.md).
+ * crypto.h - data keys and sealed batches (docs/crypto.md).
  *
  * A data key is 32 random bytes with an 8-byte key id (the first bytes of its
  * BLAKE2b-256 hash). A batch payload is sealed with an AEAD: AES-256-GCM when
@@ -24,9 +24,6 @@
 #define SS_TAG_BYTES 16
 #define SS_SEAL_PREFIX (2 + SS_KEY_ID_BYTES + SS_SALT_BYTES)
 #define SS_SEAL_OVERHEAD (SS_SEAL_PREFIX + SS_TAG_BYTES)
-/* The largest batch payload a sealed file holds: one sealed message of at
- * most SS_MAX_MESSAGE bytes with a single lineage entry. */
-#define SS_SEALED_BATCH_MAX (SS_MAX_MESSAGE - SS_HEADER_SIZE - SS_LINEAGE_ENTRY - SS_SEAL_OVERHEAD)
 
 typedef enum { SS_CIPHER_AES256GCM = 1, SS_CIPHER_XCHACHA20 = 2 } ss_cipher;
 
@@ -46,6 +43,9 @@ ss_err ss_crypto_init(void);
  * aes256gcm asks for the former; ss_crypto_init refused it if unavailable). */
 ss_cipher ss_crypto_default_cipher(void);
 const char *ss_cipher_name(ss_cipher c);
+/* 1 when c is the number of a cipher this build knows (a byte read from a
+ * sealed payload or file), else 0. */
+int ss_cipher_known(unsigned c);
 
 /* A new random key. */
 void ss_key_generate(ss_key_t *k);
@@ -94,59 +94,5 @@ void ss_opener_destroy(ss_opener_t **o);
 ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
                const void *sealed, size_t len, void *out, size_t *outlen,
                char *why, size_t whylen);
-
-/* Sealed files (docs/crypto.md): a 64-byte file header, then records that
- * are stream messages as they travel (header, lineage, sealed payload), the
- * last one a sealed EOS with the batch count. */
-#define SS_SEALED_MAGIC "SSSEALED"
-#define SS_SEALED_FILE_HEADER 64
-
-typedef struct ss_sealed_file ss_sealed_file_t;
-
-/* Is `path` a sealed file? 1 yes, 0 no, -1 unreadable (errno set). On yes,
- * *stream receives the stream id its records carry. */
-int ss_sealed_file_probe(const char *path, uint32_t *stream);
-
-/* Open for streaming: checks the file header and that the key id matches
- * (SS_ERR_CRYPTO, "PATH was sealed with another key (...)"); SS_ERR_FORMAT
- * for a file that is not sealed or has a damaged header; SS_ERR_IO. On
- * success the caller closes *out with ss_sealed_file_close (accepts NULL). */
-ss_err ss_sealed_file_open(const char *path, const ss_key_t *k, ss_sealed_file_t **out,
-                           char *err, size_t errlen);
-uint64_t ss_sealed_file_id(const ss_sealed_file_t *f);
-uint32_t ss_sealed_file_stream(const ss_sealed_file_t *f);
-int ss_sealed_file_header_lines(const ss_sealed_file_t *f);
-
-/* The next DATA record, as stored (pointers valid until the next call).
- * SS_ERR_CLOSED once the final EOS record was read and verified (its batch
- * count matches what came before, nothing follows it). SS_ERR_FORMAT or
- * SS_ERR_CRYPTO with a message naming the file, record and offset for a
- * truncated or damaged file. Payloads are not opened here; the EOS is. */
-ss_err ss_sealed_file_next(ss_sealed_file_t *f, ss_header_t *h,
-                           const uint8_t **lineage, size_t *lineage_len,
-                           const uint8_t **payload, size_t *payload_len,
-                           char *err, size_t errlen);
-void ss_sealed_file_close(ss_sealed_file_t **f);
-
-/* encrypt and decrypt as functions (the commands are thin wrappers).
- * Both stream in bounded memory, write OUT through a temporary file (OUT.tmp,
- * or an unnamed O_TMPFILE linked at the end) renamed over OUT on success and
- * removed on failure, so OUT is either complete or untouched. err names the
- * file and, for a damaged sealed file, the batch and offset. */
-typedef struct {
-    int header;          /* 1: the first line is a header, alone in batch 0 */
-    size_t batch_bytes;  /* cut a batch once its encoding reaches this size */
-    uint32_t stream;     /* stream id the records carry */
-    ss_cipher cipher;
-} ss_encrypt_opts;
-
-/* header 1, SS_BATCH_BYTES, SS_DEFAULT_STREAM, ss_crypto_default_cipher(). */
-void ss_encrypt_opts_init(ss_encrypt_opts *o);
-ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k,
-                              const ss_encrypt_opts *o, char *err, size_t errlen);
-/* keyname (may be NULL) is used in the "sealed with another key" message. */
-ss_err ss_sealed_file_decrypt(const char *in, const char *out, const ss_key_t *k,
-                              const char *keyname, char *err, size_t errlen);
-
 
 #endif
