@@ -105,13 +105,13 @@ static int store(const ss_cli *cmd, const ss_opt *o, const char *from, const cha
     case SS_OPT_UINT:
         if (ss_parse_u64(value, (o->flags & SS_OPTF_HEX) ? 0 : 10, o->suffix, o->max, &v) != 0
             || v < o->min) {
-            char range[64];
-            if (o->max >= UINT64_MAX / 2)   /* no bound worth printing */
-                snprintf(range, sizeof range, "of at least %llu", (unsigned long long)o->min);
-            else
-                snprintf(range, sizeof range, "from %llu to %llu", (unsigned long long)o->min,
+            char range[64] = "";   /* stays empty when no bound is worth printing */
+            if (o->max < UINT64_MAX / 2)
+                snprintf(range, sizeof range, " from %llu to %llu", (unsigned long long)o->min,
                          (unsigned long long)o->max);
-            return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s wants a whole number %s%s, not '%s'", from,
+            else if (o->min > 0)
+                snprintf(range, sizeof range, " of at least %llu", (unsigned long long)o->min);
+            return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s wants a whole number%s%s, not '%s'", from,
                                range, o->suffix == SS_NUM_BYTES ? " (bytes; K, M, G suffixes)"
                                : o->suffix == SS_NUM_KMG ? " (K, M, G suffixes)" : "", value);
         }

@@ -296,7 +296,7 @@ static void uint_suffixes(void **state)
     assert_go(PARSE(&v, "--blocks", "3G", "in"), &v);
     assert_int_equal(v.blocks, 3ull << 30);
     /* B belongs to byte sizes only */
-    assert_usage_error(PARSE(&v, "--blocks", "2KB", "in"), &v, "of at least 0 (K, M, G suffixes), not '2KB'");
+    assert_usage_error(PARSE(&v, "--blocks", "2KB", "in"), &v, "--blocks wants a whole number (K, M, G suffixes), not '2KB'");
     /* no overflow when the suffix multiplies */
     assert_usage_error(PARSE(&v, "--blocks", "18014398509481984K", "in"), &v, "not '18014398509481984K'");
 }
@@ -326,7 +326,8 @@ static void choices(void **state)
 {
     (void)state;
     vals v;
-    assert_go(PARSE(&v, "--mode", "fail", "in"), &v);
+    char fail[] = "fail";   /* not a literal the compiler could share with the table */
+    assert_go(PARSE(&v, "--mode", fail, "in"), &v);
     assert_ptr_equal(v.mode, modes[1]);   /* the table's string, not argv's */
     assert_go(PARSE(&v, "--mode=skip", "in"), &v);
     assert_ptr_equal(v.mode, modes[0]);
