@@ -70,7 +70,8 @@ typedef struct {
     const char *name;        /* "router"; in messages as "securestreams router: " */
     const char *synopsis;    /* after the name in the usage line: "SPEC [options]" */
     const char *about;       /* a paragraph under the usage line */
-    const ss_opt *opts;      /* the table, ended by an entry with a NULL name */
+    const ss_opt *opts;      /* the table, ended by an entry with a NULL name;
+                                at most 64 entries */
     const char *epilogue;    /* printed after the options (exit statuses), or NULL */
     int min_args, max_args;  /* positional arguments accepted */
     int options_first;       /* options end at the first positional argument:
