@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "base/common.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,8 @@ void ss_cli_usage(const ss_cli *cmd, FILE *f)
             if (*p == '\n')
                 fprintf(f, "%*s", HELP_COLUMN, "");
         }
+        if (o->type == SS_OPT_LIST)
+            fprintf(f, " (repeatable)");
         if (o->env)
             fprintf(f, " (env %s)", o->env);
         fputc('\n', f);
@@ -91,7 +94,7 @@ static int store(const ss_cli *cmd, const ss_opt *o, const char *from, const cha
     uint64_t v;
     switch (o->type) {
     case SS_OPT_FLAG:
-        *(int *)o->out = o->value;
+        *(int *)o->out = (o->flags & SS_OPTF_CLEAR) ? 0 : o->value ? o->value : 1;
         return 0;
     case SS_OPT_STRING:
         if (!*value)
@@ -102,13 +105,13 @@ static int store(const ss_cli *cmd, const ss_opt *o, const char *from, const cha
     case SS_OPT_UINT:
         if (ss_parse_u64(value, (o->flags & SS_OPTF_HEX) ? 0 : 10, o->suffix, o->max, &v) != 0
             || v < o->min) {
-            char range[64];
-            if (o->max >= UINT64_MAX / 2)   /* no bound worth printing */
-                snprintf(range, sizeof range, "of at least %llu", (unsigned long long)o->min);
-            else
-                snprintf(range, sizeof range, "from %llu to %llu", (unsigned long long)o->min,
+            char range[64] = "";   /* stays empty when no bound is worth printing */
+            if (o->max < UINT64_MAX / 2)
+                snprintf(range, sizeof range, " from %llu to %llu", (unsigned long long)o->min,
                          (unsigned long long)o->max);
-            return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s wants a whole number %s%s, not '%s'", from,
+            else if (o->min > 0)
+                snprintf(range, sizeof range, " of at least %llu", (unsigned long long)o->min);
+            return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s wants a whole number%s%s, not '%s'", from,
                                range, o->suffix == SS_NUM_BYTES ? " (bytes; K, M, G suffixes)"
                                : o->suffix == SS_NUM_KMG ? " (K, M, G suffixes)" : "", value);
         }
@@ -167,20 +170,27 @@ static const ss_opt *find(const ss_cli *cmd, const char *arg, const char **inlin
     return NULL;
 }
 
+/* The most options a table may have (cli.h keeps them short). */
+#define MAX_OPTS 64
+
 int ss_cli_parse(const ss_cli *cmd, int argc, char **argv, char **args, int *nargs)
 {
     int rc, positional = 0, options_done = 0;
+    unsigned char env_list[MAX_OPTS] = { 0 };   /* a LIST still holding its variable's value */
     if (nargs)
         *nargs = 0;
     for (const ss_opt *o = cmd->opts; o && o->name; o++) {
+        assert(o - cmd->opts < MAX_OPTS);
         const char *v = o->env ? getenv(o->env) : NULL;
         if (!v || !*v)
             continue;
         if (o->type == SS_OPT_FLAG) {
             if (strcmp(v, "0") != 0)
-                *(int *)o->out = o->value;
+                store(cmd, o, o->env, v);
         } else if ((rc = store(cmd, o, o->env, v)) != 0) {
             return rc;
+        } else if (o->type == SS_OPT_LIST) {
+            env_list[o - cmd->opts] = 1;
         }
     }
     for (int i = 1; i < argc; i++) {
@@ -197,22 +207,30 @@ int ss_cli_parse(const ss_cli *cmd, int argc, char **argv, char **args, int *nar
             const ss_opt *o = find(cmd, a, &value);
             if (!o)
                 return ss_cli_fail(cmd, SS_EXIT_USAGE, "unknown option '%s'", a);
+            /* messages name the option as it was typed: -o or --output */
+            const char *typed = value ? o->name : a;
             if (o->type == SS_OPT_FLAG) {
                 if (value)
                     return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s takes no value", o->name);
             } else if (!value) {
                 if (i + 1 >= argc)
-                    return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s needs a value%s%s", o->name,
+                    return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s needs a value%s%s", typed,
                                        o->arg ? ": " : "", o->arg ? o->arg : "");
                 value = argv[++i];
             }
-            if ((rc = store(cmd, o, o->name, value)) != 0)
+            if (o->type == SS_OPT_LIST && env_list[o - cmd->opts]) {
+                ((ss_optlist *)o->out)->n = 0;
+                env_list[o - cmd->opts] = 0;
+            }
+            if ((rc = store(cmd, o, typed, value)) != 0)
                 return rc;
             continue;
         }
         if (positional >= cmd->max_args)
             return ss_cli_fail(cmd, SS_EXIT_USAGE, "unexpected argument '%s'", a);
         args[positional++] = argv[i];
+        if (cmd->options_first)
+            options_done = 1;
     }
     if (positional < cmd->min_args)
         return ss_cli_fail(cmd, SS_EXIT_USAGE, "missing arguments: securestreams %s %s", cmd->name,

@@ -28,18 +28,20 @@
 #define SS_EXIT_INTERRUPTED 130
 
 typedef enum {
-    SS_OPT_FLAG,     /* no value: *(int *)out = value (1 when value is 0) */
+    SS_OPT_FLAG,     /* no value: *(int *)out = value (1 when value is 0; 0 with SS_OPTF_CLEAR) */
     SS_OPT_STRING,   /* *(const char **)out; a pointer into argv or environ */
     SS_OPT_UINT,     /* *(uint64_t *)out, from min to max, with `suffix` (SS_NUM_*) */
     SS_OPT_MS,       /* *(uint64_t *)out, milliseconds: "500", "500ms" or "2s", min..max */
     SS_OPT_CHOICE,   /* *(const char **)out, one of `choices` */
-    SS_OPT_LIST,     /* appends to *(ss_optlist *)out, at most max items */
+    SS_OPT_LIST,     /* appends to *(ss_optlist *)out, at most max items; the command
+                        line's values replace the environment's */
 } ss_opt_type;
 
 /* Flags of an option. */
 enum {
     SS_OPTF_HEX = 1,     /* SS_OPT_UINT: also 0x... (C prefixes) */
     SS_OPTF_HIDDEN = 2,  /* not in --help (internal plumbing) */
+    SS_OPTF_CLEAR = 4,   /* SS_OPT_FLAG: store 0 (--no-header beside --header) */
 };
 
 /* The values of a repeatable option. */
@@ -68,9 +70,13 @@ typedef struct {
     const char *name;        /* "router"; in messages as "securestreams router: " */
     const char *synopsis;    /* after the name in the usage line: "SPEC [options]" */
     const char *about;       /* a paragraph under the usage line */
-    const ss_opt *opts;      /* the table, ended by an entry with a NULL name */
+    const ss_opt *opts;      /* the table, ended by an entry with a NULL name;
+                                at most 64 entries */
     const char *epilogue;    /* printed after the options (exit statuses), or NULL */
     int min_args, max_args;  /* positional arguments accepted */
+    int options_first;       /* options end at the first positional argument:
+                                it and all after it are positional (a script
+                                and the script's own arguments) */
 } ss_cli;
 
 /* What ss_cli_parse leaves to its caller. */
@@ -81,7 +87,9 @@ enum {
 /*
  * Parse argv (argv[0] is the command's name) against cmd: first every
  * option's environment variable, then the arguments, "--name VALUE",
- * "--name=VALUE", "-x VALUE", "--" ending the options. Positional arguments
+ * "--name=VALUE", "-x VALUE", "--" ending the options (and, with
+ * options_first, the first positional argument ending them). A flag's
+ * variable turns it on unless it is "0". Positional arguments
  * are stored in args (room for cmd->max_args) and counted in *nargs (both may
  * be NULL when max_args is 0). Returns SS_CLI_GO; or SS_EXIT_OK after --help
  * printed the usage on stdout; or SS_EXIT_USAGE after a message naming the

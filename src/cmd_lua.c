@@ -1,47 +1,57 @@
 /*
- * cmd_lua.c - `securestreams lua`: a Lua 5.4 interpreter with the SecureStreams modules.
+ * cmd_lua.c - `securestreams lua`: a Lua 5.4 interpreter with the
+ * SecureStreams modules.
+ *
+ * Options end at the script's name: what follows it is the script's own
+ * arguments (its `arg` table), even when they look like options.
  */
-#include "base/common.h"
-#include <lauxlib.h>
 #include "cli.h"
+#include "base/common.h"
 #include "lua/lstate.h"
 
+#include <lauxlib.h>
 #include <stdio.h>
-#include <string.h>
+#include <stdlib.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: securestreams lua SCRIPT [ARGS...]\n"
-            "       securestreams lua -e CODE\n"
-            "Run a Lua 5.4 script with the SecureStreams modules available to require:\n"
-            "  rx, zmq-rx, csv, json. Stage scripts read FROM and TO from the\n"
-            "  environment, as in a Compose file. Exit status 1 on a script error.\n");
-}
-
+/* securestreams lua [-e CODE] [SCRIPT [ARGS...]]. 0 done (or --help), 1 a
+ * script error, 2 usage. */
 int ss_cmd_lua(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
-    }
+    const char *code = NULL;
+    int nargs;
+    const ss_opt opts[] = {
+        { "--execute", 'e', SS_OPT_STRING, &code, "CODE", "run CODE (before SCRIPT, when one is given)" },
+        { NULL },
+    };
+    const ss_cli cli = {
+        .name = "lua", .synopsis = "SCRIPT [ARGS...]\n       securestreams lua -e CODE", .opts = opts,
+        .about = "Run a Lua 5.4 script with the SecureStreams modules available to require:\n"
+                 "  rx, zmq-rx, csv, json. Stage scripts read FROM and TO from the\n"
+                 "  environment, as in a Compose file. Exit status 1 on a script error.",
+        .min_args = 0, .max_args = argc, .options_first = 1,
+    };
+    char **args = calloc((size_t)argc, sizeof *args);   /* the script and its arguments */
+    if (!args)
+        return ss_cli_fail(&cli, SS_EXIT_ERROR, "out of memory");
+    int rc = ss_cli_parse(&cli, argc, argv, args, &nargs);
+    if (rc == SS_CLI_GO && !code && nargs == 0)
+        rc = ss_cli_fail(&cli, SS_EXIT_USAGE, "which script? give SCRIPT or -e CODE");
+    if (rc != SS_CLI_GO)
+        goto out;
+
     ss_log_init("lua");
     lua_State *L = ss_lua_new();
-    if (!L)
-        return 1;
-    int rc;
-    if (!strcmp(argv[1], "-e")) {
-        if (argc < 3) {
-            usage(stderr);
-            ss_lua_close(L);
-            return 2;
-        }
-        rc = luaL_loadstring(L, argv[2]) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK;
-        if (rc)
-            fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
-    } else {
-        rc = ss_lua_run_file(L, argv[1], argc - 2, argv + 2);
+    if (!L) {
+        rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "cannot create a Lua state: out of memory");
+        goto out;
     }
+    rc = SS_EXIT_OK;
+    if (code && (luaL_loadstring(L, code) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK))
+        rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", lua_tostring(L, -1));
+    if (rc == SS_EXIT_OK && nargs > 0)
+        rc = ss_lua_run_file(L, args[0], nargs - 1, args + 1) ? SS_EXIT_ERROR : SS_EXIT_OK;
     ss_lua_close(L);
+out:
+    free(args);
     return rc;
 }

@@ -1,5 +1,6 @@
 /*
- * source.c - the `source` command (see source.h).
+ * cmd_source.c - `securestreams source`: read a file of lines, or a sealed
+ * file, and send it to the first router in batches.
  *
  * Lines are found with memchr in a 1 MiB read buffer; a line may not be
  * longer than the buffer. Empty lines are skipped and counted; a batch is
@@ -14,7 +15,6 @@
 #include "cli.h"
 
 #include "wire/codec.h"
-#include "cli.h"
 #include "crypto/crypto.h"
 #include "crypto/sealed.h"
 #include "wire/envelope.h"
@@ -22,17 +22,12 @@
 #include "net/link.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <zmq.h>
-
-#ifndef SS_DEFAULT_STREAM
-#define SS_DEFAULT_STREAM 0x53530001u
-#endif
 
 #define READ_BUF (1u << 20)
 
@@ -223,188 +218,234 @@ static ss_err take_line(source_t *s, const char *path, const char *line, size_t 
     return SS_OK;
 }
 
-static void usage(FILE *f)
+#define NOT_GIVEN UINT64_MAX   /* --stream left unset */
+
+/* What the command line asks for, once checked. */
+typedef struct {
+    const char *to, *path, *name, *keyfile;
+    int header;
+    size_t batch_bytes;
+    uint32_t stream;
+} source_args;
+
+/* Everything one run holds; cleanup() releases it all, whatever the phase
+ * reached, and wipes the data key. */
+typedef struct {
+    source_t s;
+    ss_key_t key;               /* the data key (encrypted mode), else zeros */
+    ss_sealed_file_t *sealed;   /* the input when it is a sealed file... */
+    uint32_t sealed_stream;     /* ...and the stream id its records carry */
+    FILE *in;                   /* the input when it is lines (may be stdin) */
+    char *buf;                  /* READ_BUF bytes of lines */
+    void *zctx;
+} source_run;
+
+/* The data key and the envelope that seals batches with it, when the
+ * command was given one. */
+static int load_key(const ss_cli *cli, const source_args *a, source_run *r)
 {
-    fprintf(f,
-            "usage: securestreams source --to ADDR --input FILE [options]\n"
-            "Read FILE (or - for stdin) line by line and send it to a router in batches.\n"
-            "  --to ADDR           first router's producer side (env TO)\n"
-            "  --input FILE        lines of CSV or JSON; '-' for stdin (env DATA_FILE)\n"
-            "  --header            the first line is a header: skip it (default)\n"
-            "  --no-header         every line is a record\n"
-            "  --batch-bytes N     cut batches at about N bytes (default 1048576)\n"
-            "  --name NAME         name in logs (default source)\n"
-            "  --stream ID         pipeline id shared by every component\n"
-            "  --key FILE          data key: seal every batch (env SS_KEY_FILE); a sealed\n"
-            "                      file (securestreams encrypt) is streamed as it is\n");
+    char err[512];
+    if (!a->keyfile)
+        return SS_EXIT_OK;
+    if (ss_crypto_init() != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "cannot initialise libsodium");
+    if (ss_key_load(&r->key, a->keyfile, err, sizeof err) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
+    if (ss_envelope_new(&r->key, &r->s.env) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
+    return SS_EXIT_OK;
 }
 
-int ss_cmd_source(int argc, char **argv)
+/* The input: a sealed file (securestreams encrypt), opened with the key,
+ * or a file of lines, or standard input for "-". */
+static int open_input(const ss_cli *cli, const source_args *a, source_run *r)
 {
-    static const struct option longopts[] = {
-        { "to", required_argument, 0, 't' }, { "input", required_argument, 0, 'i' },
-        { "header", no_argument, 0, 'H' }, { "no-header", no_argument, 0, 'N' },
-        { "batch-bytes", required_argument, 0, 'b' }, { "name", required_argument, 0, 'n' },
-        { "stream", required_argument, 0, 'S' }, { "key", required_argument, 0, 'k' },
-        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
-    const char *to = getenv("TO"), *path = getenv("DATA_FILE"), *name = "source";
-    const char *stream = getenv("SS_STREAM"), *keyfile = getenv("SS_KEY_FILE");
-    int header = 1, c;
-    long batch_bytes = SS_BATCH_BYTES;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 't': to = optarg; break;
-        case 'i': path = optarg; break;
-        case 'H': header = 1; break;
-        case 'N': header = 0; break;
-        case 'b': batch_bytes = atol(optarg); break;
-        case 'n': name = optarg; break;
-        case 'S': stream = optarg; break;
-        case 'k': keyfile = optarg; break;
-        case 'h': usage(stdout); return SS_EXIT_OK;
-        default:
-            fprintf(stderr, "securestreams source: unknown option %s\n", argv[optind - 1]);
-            usage(stderr);
-            return SS_EXIT_USAGE;
-        }
-    }
-    if (!to || !path) {
-        fprintf(stderr, "securestreams source: --to and --input are required\n");
-        usage(stderr);
-        return SS_EXIT_USAGE;
-    }
-    if (batch_bytes < 64 || batch_bytes > (long)(SS_MAX_MESSAGE / 2)) {
-        fprintf(stderr, "securestreams source: --batch-bytes must be between 64 and %u\n",
-                SS_MAX_MESSAGE / 2);
-        return SS_EXIT_USAGE;
-    }
-    ss_log_init(name);
-
-    int rc = SS_EXIT_ERROR;
-    void *zctx = NULL;
-    char *buf = NULL;
-    ss_sealed_file_t *sealed = NULL;
-    ss_key_t key = { 0 };
     char err[512];
-    source_t s = { .batch_bytes = (size_t)batch_bytes, .t0 = wall_clock() };
-    if (keyfile && *keyfile) {
-        if (ss_crypto_init() != SS_OK || ss_key_load(&key, keyfile, err, sizeof err) != SS_OK) {
-            ss_log("error: %s", err);
-            return SS_EXIT_ERROR;
-        }
-        if (ss_envelope_new(&key, &s.env) != SS_OK) {
-            ss_log("error: out of memory");
-            return SS_EXIT_ERROR;
-        }
+    int is_stdin = !strcmp(a->path, "-");
+    if (!is_stdin && ss_sealed_file_probe(a->path, &r->sealed_stream) == 1) {
+        if (!r->s.env)
+            return ss_cli_fail(cli, SS_EXIT_ERROR, "%s is a sealed file: give its data key "
+                               "(--key or SS_KEY_FILE)", a->path);
+        if (ss_sealed_file_open(a->path, &r->key, &r->sealed, err, sizeof err) != SS_OK)
+            return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
+        return SS_EXIT_OK;
     }
-    uint32_t sealed_stream = 0;
-    int is_sealed = strcmp(path, "-") ? ss_sealed_file_probe(path, &sealed_stream) : 0;
-    if (is_sealed == 1) {
-        if (!s.env) {
-            ss_log("error: %s is a sealed file: give its data key (--key or SS_KEY_FILE)", path);
-            ss_envelope_destroy(&s.env);
-            return SS_EXIT_ERROR;
-        }
-        if (ss_sealed_file_open(path, &key, &sealed, err, sizeof err) != SS_OK) {
-            ss_log("error: %s", err);
-            ss_envelope_destroy(&s.env);
-            return SS_EXIT_ERROR;
-        }
-    }
-    FILE *in = is_sealed == 1 ? NULL : strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!in && !sealed) {
+    r->in = is_stdin ? stdin : fopen(a->path, "rb");
+    if (!r->in) {
         int en = errno;
-        ss_log("error: cannot open input %s: %s", path, strerror(en));
-        ss_envelope_destroy(&s.env);
-        return SS_EXIT_ERROR;
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "cannot open input %s: %s", a->path, strerror(en));
     }
-    if (ss_batch_writer_init(&s.writer, SS_MAX_MESSAGE / 2) != SS_OK || !(buf = malloc(READ_BUF))) {
-        ss_log("error: out of memory");
-        goto out;
-    }
+    return SS_EXIT_OK;
+}
+
+/* The batch writer, the read buffer and the link to the first router. */
+static int connect_router(const ss_cli *cli, const source_args *a, source_run *r)
+{
+    char err[512];
+    if (ss_batch_writer_init(&r->s.writer, SS_MAX_MESSAGE / 2) != SS_OK || !(r->buf = malloc(READ_BUF)))
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
     ss_link_opts o;
     ss_link_opts_init(&o);
-    o.name = name;
-    o.id = s.id = s.lineage_source = ss_random_id();
-    o.stream = s.stream = stream ? (uint32_t)strtoul(stream, NULL, 0) : SS_DEFAULT_STREAM;
-    zctx = zmq_ctx_new();
-    if (ss_producer_new(zctx, to, &o, NULL, NULL, &s.producer, err, sizeof err) != SS_OK) {
-        ss_log("error: %s", err);
-        goto out;
+    o.name = a->name;
+    o.id = r->s.id = r->s.lineage_source = ss_random_id();
+    o.stream = r->s.stream = a->stream;
+    if (!(r->zctx = zmq_ctx_new())) {
+        int en = errno;
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "cannot create a ZeroMQ context: %s", zmq_strerror(en));
     }
-    ss_err e = SS_OK;
-    if (sealed) {
-        if (sealed_stream != s.stream)
-            ss_log("warning: %s carries stream id %u, the pipeline uses %u: routers will refuse it",
-                   path, (unsigned)sealed_stream, (unsigned)s.stream);
-        if (stream_sealed(&s, sealed, path) != SS_OK)
-            goto out;
-        goto finish;
-    }
+    if (ss_producer_new(r->zctx, a->to, &o, NULL, NULL, &r->s.producer, err, sizeof err) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
+    return SS_EXIT_OK;
+}
 
+/* Read the lines of r->in and send them in batches. Errors are logged. */
+static int stream_lines(const source_args *a, source_run *r)
+{
+    source_t *s = &r->s;
+    char *buf = r->buf;
     size_t have = 0;
     uint64_t bytes = 0;
+    ss_err e;
     for (;;) {
-        size_t got = fread(buf + have, 1, READ_BUF - have, in);
+        size_t got = fread(buf + have, 1, READ_BUF - have, r->in);
         bytes += got;
         have += got;
         int at_end = got == 0;
-        if (at_end && ferror(in)) {
+        if (at_end && ferror(r->in)) {
             int en = errno;
-            ss_log("error: reading %s: %s", path, strerror(en));
-            goto out;
+            ss_log("error: reading %s: %s", a->path, strerror(en));
+            return SS_EXIT_ERROR;
         }
         size_t start = 0;
         for (;;) {
             char *nl = memchr(buf + start, '\n', have - start);
             if (!nl)
                 break;
-            if ((e = take_line(&s, path, buf + start, (size_t)(nl - (buf + start)), header)) != SS_OK)
+            if ((e = take_line(s, a->path, buf + start, (size_t)(nl - (buf + start)), a->header)) != SS_OK)
                 goto fail;
             start = (size_t)(nl - buf) + 1;
         }
         if (at_end) {
-            if (start < have && (e = take_line(&s, path, buf + start, have - start, header)) != SS_OK)
+            if (start < have && (e = take_line(s, a->path, buf + start, have - start, a->header)) != SS_OK)
                 goto fail;
             break;
         }
         if (start == 0 && have == READ_BUF) {
-            ss_log("error: %s:%llu: line longer than %u bytes", path,
-                   (unsigned long long)s.lines + 1, READ_BUF);
-            goto out;
+            ss_log("error: %s:%llu: line longer than %u bytes", a->path,
+                   (unsigned long long)s->lines + 1, READ_BUF);
+            return SS_EXIT_ERROR;
         }
         memmove(buf, buf + start, have - start);
         have -= start;
     }
     if (bytes == 0) {
-        ss_log("error: %s: empty file (no header, no records)", path);
-        goto out;
+        ss_log("error: %s: empty file (no header, no records)", a->path);
+        return SS_EXIT_ERROR;
     }
-    if (s.records == 0)
-        ss_log("warning: %s: no records%s", path, header ? " after the header" : "");
-    if ((e = publish(&s)) != SS_OK)
+    if (s->records == 0)
+        ss_log("warning: %s: no records%s", a->path, a->header ? " after the header" : "");
+    if ((e = publish(s)) != SS_OK)
         goto fail;
-finish:
-    if ((e = ss_producer_drain(s.producer, -1)) != SS_OK ||
-        (e = publish_eos(&s, name)) != SS_OK || (e = ss_producer_drain(s.producer, -1)) != SS_OK)
-        goto fail;
-    ss_log_info("sent %llu records in %llu %sbatches from %s", (unsigned long long)s.records,
-           (unsigned long long)s.sent, s.env ? "sealed " : "", path);
-    rc = SS_EXIT_OK;
-    goto out;
+    return SS_EXIT_OK;
 fail:
-    ss_log("error: sending to %s: %s", to, ss_strerror(e));
+    ss_log("error: sending to %s: %s", a->to, ss_strerror(e));
+    return SS_EXIT_ERROR;
+}
+
+/* Stream the sealed file r->sealed as it is stored. Errors are logged. */
+static int stream_sealed_file(const source_args *a, source_run *r)
+{
+    if (r->sealed_stream != r->s.stream)
+        ss_log("warning: %s carries stream id %u, the pipeline uses %u: routers will refuse it",
+               a->path, (unsigned)r->sealed_stream, (unsigned)r->s.stream);
+    return stream_sealed(&r->s, r->sealed, a->path) == SS_OK ? SS_EXIT_OK : SS_EXIT_ERROR;
+}
+
+/* Wait for every batch's receipt, send the end of stream with the
+ * statistics, and wait for its receipt too. */
+static int finish(const source_args *a, source_run *r)
+{
+    ss_err e;
+    if ((e = ss_producer_drain(r->s.producer, -1)) != SS_OK || (e = publish_eos(&r->s, a->name)) != SS_OK
+        || (e = ss_producer_drain(r->s.producer, -1)) != SS_OK) {
+        ss_log("error: sending to %s: %s", a->to, ss_strerror(e));
+        return SS_EXIT_ERROR;
+    }
+    ss_log_info("sent %llu records in %llu %sbatches from %s", (unsigned long long)r->s.records,
+                (unsigned long long)r->s.sent, r->s.env ? "sealed " : "", a->path);
+    return SS_EXIT_OK;
+}
+
+static void cleanup(source_run *r)
+{
+    ss_producer_destroy(&r->s.producer);
+    if (r->zctx)
+        zmq_ctx_term(r->zctx);
+    ss_batch_writer_cleanup(&r->s.writer);
+    ss_envelope_destroy(&r->s.env);
+    ss_sealed_file_close(&r->sealed);
+    ss_key_cleanup(&r->key);
+    free(r->buf);
+    if (r->in && r->in != stdin)
+        fclose(r->in);
+}
+
+/* One run, phase by phase; every way out goes through cleanup(). */
+static int run(const ss_cli *cli, const source_args *a)
+{
+    source_run r;
+    memset(&r, 0, sizeof r);
+    r.s.batch_bytes = a->batch_bytes;
+    r.s.t0 = wall_clock();
+    int rc;
+    if ((rc = load_key(cli, a, &r)) != SS_EXIT_OK || (rc = open_input(cli, a, &r)) != SS_EXIT_OK
+        || (rc = connect_router(cli, a, &r)) != SS_EXIT_OK)
+        goto out;
+    if ((rc = r.sealed ? stream_sealed_file(a, &r) : stream_lines(a, &r)) != SS_EXIT_OK)
+        goto out;
+    rc = finish(a, &r);
 out:
-    ss_producer_destroy(&s.producer);
-    if (zctx)
-        zmq_ctx_term(zctx);
-    ss_batch_writer_cleanup(&s.writer);
-    ss_envelope_destroy(&s.env);
-    ss_sealed_file_close(&sealed);
-    ss_key_cleanup(&key);
-    free(buf);
-    if (in && in != stdin)
-        fclose(in);
+    cleanup(&r);
     return rc;
+}
+
+/* securestreams source --to ADDR --input FILE [options]; argv[0] is
+ * "source". Exit status: 0 sent and acknowledged, 1 error, 2 usage. */
+int ss_cmd_source(int argc, char **argv)
+{
+    source_args a = { .name = "source", .header = 1 };
+    uint64_t batch_bytes = SS_BATCH_BYTES, stream = NOT_GIVEN;
+    const ss_opt opts[] = {
+        { "--to", 0, SS_OPT_STRING, &a.to, "ADDR", "first router's producer side", .env = "TO" },
+        { "--input", 0, SS_OPT_STRING, &a.path, "FILE", "lines of CSV or JSON; '-' for stdin", .env = "DATA_FILE" },
+        { "--header", 0, SS_OPT_FLAG, &a.header, NULL, "the first line is a header: skip it (default)" },
+        { "--no-header", 0, SS_OPT_FLAG, &a.header, NULL, "every line is a record", .flags = SS_OPTF_CLEAR },
+        { "--batch-bytes", 0, SS_OPT_UINT, &batch_bytes, "N", "cut batches at about N bytes (default 1048576)",
+          .min = 64, .max = SS_MAX_MESSAGE / 2 },
+        { "--name", 0, SS_OPT_STRING, &a.name, "NAME", "name in logs (default source)" },
+        { "--stream", 0, SS_OPT_UINT, &stream, "ID", "pipeline id shared by every component (default\n"
+                                                     "$SS_STREAM, else 0x53530001)",
+          .max = UINT32_MAX, .flags = SS_OPTF_HEX },
+        { "--key", 0, SS_OPT_STRING, &a.keyfile, "FILE", "data key: seal every batch; a sealed file\n"
+                                                        "(securestreams encrypt) is streamed as it is",
+          .env = "SS_KEY_FILE" },
+        { NULL },
+    };
+    const ss_cli cli = {
+        .name = "source", .synopsis = "--to ADDR --input FILE [options]", .opts = opts,
+        .about = "Read FILE (or - for stdin) line by line and send it to a router in batches.",
+    };
+    int rc = ss_cli_parse(&cli, argc, argv, NULL, NULL);
+    if (rc != SS_CLI_GO)
+        return rc;
+    if (!a.to || !a.path)
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "--to and --input are required");
+    char err[256];
+    if (stream == NOT_GIVEN && ss_stream_from_env(&a.stream, err, sizeof err) != SS_OK)
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "%s", err);
+    if (stream != NOT_GIVEN)
+        a.stream = (uint32_t)stream;
+    a.batch_bytes = (size_t)batch_bytes;
+    ss_log_init(a.name);
+    return run(&cli, &a);
 }
