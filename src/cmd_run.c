@@ -53,10 +53,11 @@ typedef struct {
     ss_plan_overrides o;
 } run_args;
 
+/* One run: what it starts, and the children it started. */
 typedef struct {
-    const ss_cli *cli;
+    const ss_cli *cli;                          /* for messages */
     ss_plan plan;
-    char self_exe[4096];
+    char self_exe[4096];                        /* every component is this binary */
     child_t kids[MAX_CHILDREN];
     int nkids;
     char endpoints[SS_MAX_STAGES + 1][2][256]; /* per router: frontend, backend */

@@ -2,11 +2,11 @@
  * plan.c - a spec and the command line's overrides, resolved into what to
  * start (plan.h).
  *
- * The checks run in a fixed order, options first, then what they combine
- * into, then the files, so that a command reports the same first error
- * whichever command it is: the options' values (on_error, mode, backend),
- * enclave stages against the mode, fusing and the worker counts, the data
- * key, the input, the scripts. The spec itself was checked by ss_spec_load.
+ * The checks run in one order, so that run and deploy report the same first
+ * error for the same spec and options: the options' values (on_error, mode,
+ * backend), enclave stages against the mode, fusing and the worker counts,
+ * the data key, the input, the scripts. The spec's own fields were checked
+ * by ss_spec_load.
  */
 #include "pipeline/plan.h"
 
@@ -89,7 +89,8 @@ static ss_err make_stages(ss_plan *p, char *err, size_t errlen)
         ss_plan_stage *st = &p->stages[p->fused ? 0 : i];
         st->scripts[st->nscripts] = g->script;
         st->parts[st->nscripts++] = g->name;
-        st->name = g->name;
+        if (!st->name)
+            st->name = g->name;
         if (g->workers > st->workers)
             st->workers = g->workers;
         st->enclave |= g->enclave || all_enclave;

@@ -190,6 +190,12 @@ check "fused: five services (two routers, one stage, source, sink)" \
 check "fused: one stage service, named after its stages" grep -q '^  mapper-filter-reducer:$' "$T/f1.yml"
 check "fused: no service per stage" sh -c "! grep -qE '^  (mapper|filter|reducer):\$' '$T/f1.yml'"
 check "fused: no inner routers" sh -c "grep -q '^  router1:\$' '$T/f1.yml' && ! grep -q '^  router2:\$' '$T/f1.yml'"
+if command -v docker-compose >/dev/null 2>&1; then
+    cp "$T/f1.yml" "$T/out/fused.yml"
+    check "fused: docker-compose config accepts the file" \
+        sh -c "cd '$T/out' && timeout 60 docker-compose -f fused.yml config >/dev/null 2>&1"
+    rm -f "$T/out/fused.yml"
+fi
 service mapper-filter-reducer "$T/f1.yml" >"$T/fused"
 check "fused: the workers go from router0 to router1" grep -q '"tcp://router0:5556", "--to", "tcp://router1:5555"' "$T/fused"
 check "fused: each worker runs the three scripts in order" test \
