@@ -60,7 +60,7 @@ deploy "$P/other.spec.lua" --format compose --key ../keys/data.key
 check "compose: the stream id follows the name (another name)" test "$(stream_of "$T/out.yml")" != "$(stream_of "$T/c1.yml")"
 
 # The components' command lines, as docker-compose reads them, equal run's
-# (pipeline.c) with routers at routerI:5555/5556.
+# (src/cmd_run.c) with routers at routerI:5555/5556.
 if command -v docker-compose >/dev/null 2>&1; then
     if (cd "$T/out" && timeout 60 docker-compose -f compose.yml config) >"$T/norm.yml" 2>"$T/cerr"; then
         ok "compose: docker-compose config accepts the file"
