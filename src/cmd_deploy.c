@@ -1,13 +1,19 @@
 /*
- * deploy.c - `securestreams deploy`: a pipeline spec as a Docker Compose file
- * or a Docker Swarm stack file (docs/deploy.md).
+ * cmd_deploy.c - `securestreams deploy`: a pipeline spec as a Docker Compose
+ * file or a Docker Swarm stack file (docs/deploy.md).
  *
- * Every component gets the command line `run` gives it (src/pipeline.c), with
- * routers at fixed ports on their own service (routerI:5555 for producers,
- * routerI:5556 for consumers) instead of ephemeral loopback ports:
+ * The spec and the options are resolved and checked by the same plan as
+ * `run`'s (lib/pipeline/plan.h); what remains here is where each file goes
+ * and how the services are written. Every component gets the command line
+ * `run` gives it (src/cmd_run.c), with routers at fixed ports on their own
+ * service (routerI:5555 for producers, routerI:5556 for consumers) instead of
+ * ephemeral loopback ports:
  *   router0 .. routerN   one service each, one replica, --linger-ms so that a
  *                        worker scaled in after the end hears "stream ended"
- *   one service a stage  replicas = the stage's workers; scale it at will
+ *   one service a stage  replicas = the stage's workers; scale it at will.
+ *                        Fused stages are one service, "mapper-filter-reducer",
+ *                        whose workers run every script in turn, with no
+ *                        router between the stages
  *   source, sink         one replica each, never restarted (a second source
  *                        would send the file twice)
  * One network joins them; containers find the routers by service name.
@@ -29,21 +35,17 @@
 #include "cli.h"
 
 #include "base/common.h"
-#include "cli.h"
 #include "crypto/crypto.h"
-#include "crypto/sealed.h"
 #include "crypto/curve.h"
-#include "pipeline/spec.h"
+#include "pipeline/plan.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define FRONT_PORT 5555
@@ -51,10 +53,13 @@
 #define JOIN_TIMEOUT_MS 120000     /* containers may start in any order */
 #define LIVENESS_MS 10000          /* see environment() */
 #define DEFAULT_LINGER_MS 30000
+#define MAX_LINGER_MS 86400000     /* a day */
 #define DEFAULT_IMAGE "securestreams:latest"
 #define WRAP_COLUMN 100            /* command lines wrap before this column */
 
 typedef enum { FMT_COMPOSE, FMT_SWARM } format_t;
+
+#define SERVICE_NAME_MAX 48        /* a service's name, and a Swarm object's */
 
 typedef struct {
     char *host;         /* on the host, relative to the output directory */
@@ -68,29 +73,27 @@ typedef struct {
     char tag[9];        /* hash of the public key, names the Swarm objects */
 } curve_pair_t;
 
+/* What the file says: the resolved plan, and where each file goes. */
 typedef struct {
     format_t format;
     FILE *out;
     const char *image;
-    const char *backend;        /* SS_ENCLAVE of enclave stages */
-    long linger_ms;
-    ss_spec spec;
-    const char *mode;           /* plain, encrypted or enclave */
-    int encrypted;
-    int enclave[SS_MAX_STAGES];
-    int nenclave;
-    uint32_t stream;
-    int sealed_input;
+    uint64_t linger_ms;
+    ss_plan plan;               /* stages, mode, key, input, stream (plan.h) */
+    char service[SS_MAX_STAGES][SERVICE_NAME_MAX + 1]; /* each stage's service */
+    char *outdir;               /* canonical: every host path is relative to it */
+    char *specdir;              /* canonical: the scripts must live under it */
     char *spec_file;            /* the spec, relative to the output directory */
     char *spec_dir;             /* its directory: /pipeline in Compose */
-    script_t scripts[SS_MAX_STAGES + 1];   /* the stages', then the sink's */
+    script_t scripts[SS_MAX_STAGES + 1];   /* every stage's scripts in order, then the sink's */
+    int first[SS_MAX_STAGES];   /* a stage's first script in scripts */
+    int nscripts;               /* the stages' scripts: scripts[nscripts] is the sink's */
     char *data_dir;             /* the input's directory: /data */
     char *input_target;         /* /data/NAME */
     char *key;                  /* the data key file, or NULL in the plain mode */
-    char key_id[2 * SS_KEY_ID_BYTES + 1];
     int curve;
     curve_pair_t router_key, client_key;
-} plan_t;
+} deploy_t;
 
 /* ---- small helpers ---- */
 
@@ -291,26 +294,6 @@ static int valid_name(const char *s)
 
 /* ---- planning: everything the file says, checked before a byte is written ---- */
 
-static int parse_workers(const char *arg, ss_spec *s, diag_t *d)
-{
-    int counts[SS_MAX_STAGES], n = 0;
-    const char *p = arg;
-    while (*p && n < SS_MAX_STAGES) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > SS_MAX_WORKERS || (*end && *end != ','))
-            return say(d, "--workers: expected numbers between 1 and %d, got '%s'",
-                       SS_MAX_WORKERS, arg);
-        counts[n++] = (int)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    if (n != 1 && n != s->nstages)
-        return say(d, "--workers: %d counts given for %d stages", n, s->nstages);
-    for (int i = 0; i < s->nstages; i++)
-        s->stages[i].workers = counts[n == 1 ? 0 : i];
-    return 0;
-}
-
 /* A host path for the file: relative to the output directory, without ':'
  * (the separator of Compose's volume syntax). */
 static char *host_path(const char *outdir, const char *abs, diag_t *d)
@@ -391,155 +374,136 @@ static int plan_curve_pair(const char *outdir, const char *dir, const char *name
     return k->pub ? 0 : -1;
 }
 
-typedef struct {
-    const char *input, *workers, *security, *on_error, *key, *output, *curve;
-} overrides_t;
-
-static int plan_make(plan_t *p, const char *spec_path, const overrides_t *o, diag_t *d)
+/* Each stage's service name: the stage's name, or its parts' joined by '-'
+ * when fused ("mapper-filter-reducer"). A stage name must be able to name a
+ * service and must not take the name of another service. */
+static int plan_services(deploy_t *p, diag_t *d)
 {
-    ss_spec *s = &p->spec;
-    ss_err e;
-    if ((e = ss_spec_load(spec_path, s, d->msg, sizeof d->msg)) != SS_OK)
-        return failed(d, e);
-    if (o->workers && parse_workers(o->workers, s, d) != 0)
-        return -1;
-    if (o->input) {
-        free(s->input);
-        if (!(s->input = strdup(o->input)))
-            return say(d, "out of memory");
-    }
-    if (o->on_error) {
-        if (strcmp(o->on_error, "skip") && strcmp(o->on_error, "fail"))
-            return say(d, "--on-error: expected skip or fail");
-        free(s->on_error);
-        if (!(s->on_error = strdup(o->on_error)))
-            return say(d, "out of memory");
-    }
-    if (o->key) {
-        free(s->key);
-        if (!(s->key = strdup(o->key)))
-            return say(d, "out of memory");
-    }
-    p->mode = o->security ? o->security : s->security;
-    if (strcmp(p->mode, "plain") && strcmp(p->mode, "encrypted") && strcmp(p->mode, "enclave"))
-        return say(d, "unknown security mode '%s' (plain, encrypted or enclave)", p->mode);
-    p->encrypted = strcmp(p->mode, "plain") != 0;
-    for (int i = 0; i < s->nstages; i++) {
-        p->enclave[i] = s->stages[i].enclave || !strcmp(p->mode, "enclave");
-        p->nenclave += p->enclave[i];
-        if (p->enclave[i] && !p->encrypted)
-            return say(d, "stage %s runs in an enclave, which needs the encrypted or "
-                       "enclave mode (--security encrypted --key FILE)", s->stages[i].name);
-        if (!valid_name(s->stages[i].name) || !strcmp(s->stages[i].name, "source") ||
-            !strcmp(s->stages[i].name, "sink") || !strncmp(s->stages[i].name, "router", 6))
-            return say(d, "stage name '%s' cannot name a service: use letters, digits, "
-                       "'_' and '-', and not source, sink or router...", s->stages[i].name);
-    }
-
-    /* The output's directory: every host path in the file is relative to it. */
-    char *outdir = NULL, *specdir = NULL, *abs = NULL;
-    int rc = -1;
-    if (o->output) {
-        char *dir = strdup(o->output);
-        if (!dir) {
-            say(d, "out of memory");
-            goto out;
+    for (int i = 0; i < p->plan.nstages; i++) {
+        const ss_plan_stage *st = &p->plan.stages[i];
+        size_t len = 0;
+        for (int k = 0; k < st->nscripts; k++) {
+            const char *part = st->parts[k];
+            if (!valid_name(part) || !strcmp(part, "source") || !strcmp(part, "sink") ||
+                !strncmp(part, "router", 6))
+                return say(d, "stage name '%s' cannot name a service: use letters, digits, "
+                           "'_' and '-', and not source, sink or router...", part);
+            len += (size_t)snprintf(p->service[i] + len, sizeof p->service[i] - len, "%s%s",
+                                    k ? "-" : "", part);
+            if (len >= sizeof p->service[i])
+                return say(d, "the fused stages' service name %s... is longer than %d "
+                           "characters: use shorter stage names", p->service[i], SERVICE_NAME_MAX);
         }
+    }
+    return 0;
+}
+
+/* The output's directory (every host path in the file is relative to it),
+ * the spec's, and the spec relative to the output. */
+static int plan_dirs(deploy_t *p, const char *output, diag_t *d)
+{
+    if (output) {
+        char *dir = strdup(output);
+        if (!dir)
+            return say(d, "out of memory");
         char *slash = strrchr(dir, '/');
         if (slash)
             slash[slash == dir ? 1 : 0] = '\0';
-        outdir = canonical(slash ? dir : ".", "output directory", d);
+        p->outdir = canonical(slash ? dir : ".", "output directory", d);
         free(dir);
     } else {
-        outdir = canonical(".", "current directory", d);
+        p->outdir = canonical(".", "current directory", d);
     }
-    if (!outdir || !(specdir = canonical(s->path, "spec", d)))
-        goto out;
-    if (!(p->spec_file = host_path(outdir, specdir, d)))
-        goto out;
-    strip_last(specdir);
-    if (!(p->spec_dir = host_path(outdir, specdir, d)))
-        goto out;
-    for (int i = 0; i < s->nstages; i++) {
-        char what[96];
-        snprintf(what, sizeof what, "stage %s: script", s->stages[i].name);
-        if (plan_script(outdir, specdir, s->stages[i].script, what, &p->scripts[i], d))
-            goto out;
-    }
-    if (plan_script(outdir, specdir, s->sink_script, "sink: script", &p->scripts[s->nstages],
-                    d))
-        goto out;
+    if (!p->outdir || !(p->specdir = canonical(p->plan.path, "spec", d)) ||
+        !(p->spec_file = host_path(p->outdir, p->specdir, d)))
+        return -1;
+    strip_last(p->specdir);
+    return (p->spec_dir = host_path(p->outdir, p->specdir, d)) ? 0 : -1;
+}
 
-    /* The input: /data is its directory. A sealed file carries its stream
-     * id; any other pipeline gets one from its name, so the file is stable. */
-    if (!s->input) {
-        say(d, "no input: give --input FILE or source.file in %s", s->path);
-        goto out;
+/* Every stage's scripts, in order, then the sink's. */
+static int plan_scripts(deploy_t *p, diag_t *d)
+{
+    const ss_plan *pl = &p->plan;
+    for (int i = 0; i < pl->nstages; i++) {
+        p->first[i] = p->nscripts;
+        for (int k = 0; k < pl->stages[i].nscripts; k++) {
+            char what[96];
+            snprintf(what, sizeof what, "stage %s: script", pl->stages[i].parts[k]);
+            if (plan_script(p->outdir, p->specdir, pl->stages[i].scripts[k], what,
+                            &p->scripts[p->nscripts++], d))
+                return -1;
+        }
     }
-    if (!(abs = canonical(s->input, "cannot read input", d)))
-        goto out;
+    return plan_script(p->outdir, p->specdir, pl->sink_script, "sink: script",
+                       &p->scripts[p->nscripts], d);
+}
+
+/* The input is mounted at /data, its directory; the key, if any, goes
+ * alongside as a bind mount or a secret. */
+static int plan_data(deploy_t *p, diag_t *d)
+{
+    char *abs = canonical(p->plan.input, "cannot read input", d);
+    if (!abs)
+        return -1;
     const char *base = strrchr(abs, '/') + 1;
+    int rc = -1;
     if (!(p->input_target = malloc(strlen(base) + 8))) {
         say(d, "out of memory");
         goto out;
     }
     sprintf(p->input_target, "/data/%s", base);
-    p->stream = fnv1a(FNV_SEED, s->name, strlen(s->name));
-    if (!p->stream)
-        p->stream = 1;
-    /* Only a regular file is probed: opening a FIFO would wait for a writer. */
-    struct stat st;
-    p->sealed_input = stat(abs, &st) == 0 && S_ISREG(st.st_mode) &&
-                      ss_sealed_file_probe(abs, &p->stream) == 1;
-    if (p->sealed_input && !p->encrypted) {
-        say(d, "%s is a sealed file: deploy it with --security encrypted --key FILE",
-            s->input);
-        goto out;
-    }
     strip_last(abs);
-    if (!(p->data_dir = host_path(outdir, abs, d)))
+    if (!(p->data_dir = host_path(p->outdir, abs, d)))
         goto out;
     free(abs);
     abs = NULL;
-
-    if (p->encrypted) {
-        if (!s->key) {
-            say(d, "the %s mode needs a data key: --key FILE or key in the spec (make "
-                "one with: securestreams keygen -o FILE)", p->mode);
-            goto out;
-        }
-        ss_key_t key;
-        if ((e = ss_crypto_init()) != SS_OK || (e = ss_key_load(&key, s->key, d->msg, sizeof d->msg)) != SS_OK) {
-            failed(d, e);
-            goto out;
-        }
-        ss_key_id_hex(key.id, p->key_id);
-        ss_key_cleanup(&key);
-        if (!(abs = canonical(s->key, "data key", d)) ||
-            !(p->key = host_path(outdir, abs, d)))
-            goto out;
-    }
-    if (o->curve) {
-        p->curve = 1;
-        if (plan_curve_pair(outdir, o->curve, "router", &p->router_key, d) != 0 ||
-            plan_curve_pair(outdir, o->curve, "client", &p->client_key, d) != 0)
-            goto out;
-    }
+    if (p->plan.key && (!(abs = canonical(p->plan.key, "data key", d)) ||
+                        !(p->key = host_path(p->outdir, abs, d))))
+        goto out;
     rc = 0;
 out:
     free(abs);
-    free(specdir);
-    free(outdir);
     return rc;
 }
 
-static void plan_cleanup(plan_t *p)
+/* Resolve the spec and the options (plan.h), then place every file. */
+static int plan_make(deploy_t *p, const char *spec_path, const ss_plan_overrides *o,
+                     const char *output, const char *curve, diag_t *d)
+{
+    ss_err e = ss_plan_resolve(spec_path, o, &p->plan, d->msg, sizeof d->msg);
+    if (e != SS_OK) {
+        d->io = e != SS_ERR_USAGE;
+        return -1;
+    }
+    /* A sealed input carries its stream id; any other pipeline gets one from
+     * its name, so that the file is stable. */
+    if (!p->plan.sealed_input) {
+        p->plan.stream = fnv1a(FNV_SEED, p->plan.name, strlen(p->plan.name));
+        if (!p->plan.stream)
+            p->plan.stream = 1;
+    }
+    if (plan_services(p, d) != 0 || plan_dirs(p, output, d) != 0 || plan_scripts(p, d) != 0 ||
+        plan_data(p, d) != 0)
+        return -1;
+    if (curve) {
+        p->curve = 1;
+        if (plan_curve_pair(p->outdir, curve, "router", &p->router_key, d) != 0 ||
+            plan_curve_pair(p->outdir, curve, "client", &p->client_key, d) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void plan_cleanup(deploy_t *p)
 {
     for (int i = 0; i <= SS_MAX_STAGES; i++) {
         free(p->scripts[i].host);
         free(p->scripts[i].target);
         free(p->scripts[i].config);
     }
+    free(p->outdir);
+    free(p->specdir);
     free(p->spec_file);
     free(p->spec_dir);
     free(p->data_dir);
@@ -549,7 +513,7 @@ static void plan_cleanup(plan_t *p)
     free(p->router_key.pub);
     free(p->client_key.secret);
     free(p->client_key.pub);
-    ss_spec_cleanup(&p->spec);
+    ss_plan_cleanup(&p->plan);
 }
 
 /* ---- writing ---- */
@@ -558,27 +522,30 @@ typedef enum { ROLE_ROUTER, ROLE_SOURCE, ROLE_WORKER, ROLE_SINK } role_t;
 
 #define SWARM(p) ((p)->format == FMT_SWARM)
 
-static void header(plan_t *p)
+static void header(deploy_t *p)
 {
     FILE *f = p->out;
-    ss_spec *s = &p->spec;
-    int n = s->nstages;
-    fprintf(f, "# SecureStreams pipeline \"%s\" as a %s, written by\n", s->name,
+    const ss_plan *pl = &p->plan;
+    int n = pl->nstages;
+    fprintf(f, "# SecureStreams pipeline \"%s\" as a %s, written by\n", pl->name,
             SWARM(p) ? "Docker Swarm stack" : "Docker Compose file");
     fprintf(f, "# `securestreams deploy %s --format %s`:\n# generate it again rather than edit it.\n",
             p->spec_file, SWARM(p) ? "swarm" : "compose");
-    fprintf(f, "#\n# Security %s; stream id 0x%08x (%s); on_error = %s.\n", p->mode,
-            (unsigned)p->stream, p->sealed_input ? "the sealed input's" : "from the pipeline's name",
-            s->on_error);
+    fprintf(f, "#\n# Security %s; stream id 0x%08x (%s); on_error = %s.\n", pl->mode,
+            (unsigned)pl->stream, pl->sealed_input ? "the sealed input's" : "from the pipeline's name",
+            pl->on_error);
     fprintf(f, "# Services (routers listen on %d for producers and %d for consumers):\n", FRONT_PORT,
             BACK_PORT);
     fprintf(f, "#   %-18s reads %s, sends to router0\n", "source", p->input_target);
     for (int i = 0; i < n; i++) {
-        fprintf(f, "#   %-18s stage %d: %d worker%s, router%d -> router%d%s\n", s->stages[i].name,
-                i + 1, s->stages[i].workers, s->stages[i].workers == 1 ? "" : "s", i, i + 1,
-                p->enclave[i] ? (strcmp(p->backend, "sgx") ? ", in enclaves (isolated backend)"
-                                                           : ", in SGX enclaves")
-                              : "");
+        const ss_plan_stage *st = &pl->stages[i];
+        fprintf(f, "#   %-18s stage %d: %d worker%s, router%d -> router%d%s\n", p->service[i],
+                i + 1, st->workers, st->workers == 1 ? "" : "s", i, i + 1,
+                st->enclave ? (strcmp(pl->backend, "sgx") ? ", in enclaves (isolated backend)"
+                                                          : ", in SGX enclaves")
+                            : "");
+        if (pl->fused)
+            fprintf(f, "#   %-18s the stages fused: each worker runs %s in turn\n", "", st->name);
     }
     fprintf(f, "#   %-18s receives from router%d: results on stdout, the summary on stderr\n",
             "sink", n);
@@ -590,7 +557,7 @@ static void header(plan_t *p)
         fprintf(f, "# Scripts travel as configs and keys as secrets: no node needs the spec. The\n"
                    "# source runs on the node labelled securestreams.data=true, which must hold\n"
                    "# %s (mounted read-only at /data).\n", p->data_dir);
-        if (p->nenclave && !strcmp(p->backend, "sgx"))
+        if (pl->nenclave && !strcmp(pl->backend, "sgx"))
             fprintf(f, "# Enclave stages run on nodes labelled sgx=true. `docker stack deploy` (Docker\n"
                        "# 20.10 to 28 at least) ignores `devices`: see docs/deploy.md for giving the\n"
                        "# workers /dev/sgx_enclave on those nodes.\n");
@@ -600,7 +567,7 @@ static void header(plan_t *p)
                    "#   docker service logs -f --raw STACK_sink  # the results, then the summary\n"
                    "#   docker service scale STACK_%s=4\n"
                    "#                                            # while it runs: new workers join\n"
-                   "#   docker stack rm STACK\n", s->stages[0].name);
+                   "#   docker stack rm STACK\n", p->service[0]);
     } else {
         fprintf(f, "#   /pipeline (read-only): %s, the spec's directory\n", p->spec_dir);
         fprintf(f, "#   /data (read-only):     %s\n", p->data_dir);
@@ -609,25 +576,25 @@ static void header(plan_t *p)
                    "#   docker-compose -f FILE logs -f sink      # the results, then the summary\n"
                    "#   docker-compose -f FILE up -d --no-deps --no-recreate --scale %s=4 %s\n"
                    "#                                            # while it runs: new workers join\n"
-                   "#   docker-compose -f FILE down\n", s->stages[0].name, s->stages[0].name);
+                   "#   docker-compose -f FILE down\n", p->service[0], p->service[0]);
     }
     fprintf(f, "version: \"3.8\"\n\nservices:\n");
 }
 
-/* The environment `run` gives each role (pipeline.c), plus the in-container
+/* The environment `run` gives each role (cmd_run.c), plus the in-container
  * paths of the keys and two timeouts. Containers start in any order, so a
  * component waits for its routers (SS_JOIN_TIMEOUT_MS); and a worker that has
  * joined one router sends it nothing while it waits to join the other, so
  * the liveness timeout is longer than run's 3 s. A stopped container is still
  * noticed at once: its connection closes. */
-static void environment(plan_t *p, role_t role, int stage)
+static void environment(deploy_t *p, role_t role, int stage)
 {
     FILE *f = p->out;
     char v[64];
     fprintf(f, "    environment:\n");
-    snprintf(v, sizeof v, "%u", (unsigned)p->stream);
+    snprintf(v, sizeof v, "%u", (unsigned)p->plan.stream);
     env_line(f, "SS_STREAM", v);
-    env_line(f, "SS_ON_ERROR", p->spec.on_error);
+    env_line(f, "SS_ON_ERROR", p->plan.on_error);
     snprintf(v, sizeof v, "%d", LIVENESS_MS);
     env_line(f, "SS_LIVENESS_MS", v);
     if (role == ROLE_ROUTER) {
@@ -637,10 +604,10 @@ static void environment(plan_t *p, role_t role, int stage)
         }
         return;
     }
-    if (p->encrypted)
+    if (p->plan.encrypted)
         env_line(f, "SS_KEY_FILE", "/run/secrets/data.key");
-    if (role == ROLE_WORKER && p->enclave[stage])
-        env_line(f, "SS_ENCLAVE", p->backend);
+    if (role == ROLE_WORKER && p->plan.stages[stage].enclave)
+        env_line(f, "SS_ENCLAVE", p->plan.backend);
     snprintf(v, sizeof v, "%d", JOIN_TIMEOUT_MS);
     env_line(f, "SS_JOIN_TIMEOUT_MS", v);
     if (p->curve) {
@@ -670,17 +637,18 @@ static void swarm_file(FILE *f, const char *source, const char *target, const ch
 }
 
 /* Files a role gets: scripts, data, keys. */
-static void files(plan_t *p, role_t role, int stage)
+static void files(deploy_t *p, role_t role, int stage)
 {
     FILE *f = p->out;
-    int needs_key = p->encrypted && role != ROLE_ROUTER;
-    script_t *sc = role == ROLE_WORKER ? &p->scripts[stage]
-                 : role == ROLE_SINK ? &p->scripts[p->spec.nstages] : NULL;
+    int needs_key = p->plan.encrypted && role != ROLE_ROUTER;
+    /* The role's scripts: scripts[first] to scripts[first + nsc - 1]. */
+    int first = role == ROLE_WORKER ? p->first[stage] : p->nscripts;
+    int nsc = role == ROLE_WORKER ? p->plan.stages[stage].nscripts : role == ROLE_SINK;
     if (!SWARM(p)) {
         if (role == ROLE_ROUTER && !p->curve)
             return;
         fprintf(f, "    volumes:\n");
-        if (sc)
+        if (nsc)
             bind_mount(f, p->spec_dir, "/pipeline");
         if (role == ROLE_SOURCE)
             bind_mount(f, p->data_dir, "/data");
@@ -696,10 +664,15 @@ static void files(plan_t *p, role_t role, int stage)
         return;
     }
     char name[64];
-    if (sc || p->curve) {
+    if (nsc || p->curve) {
         fprintf(f, "    configs:\n");
-        if (sc)
-            swarm_file(f, sc->config, sc->target, "0444");
+        for (int i = first; i < first + nsc; i++) {
+            int seen = 0;
+            for (int k = first; k < i; k++)
+                seen |= !strcmp(p->scripts[k].config, p->scripts[i].config);
+            if (!seen)
+                swarm_file(f, p->scripts[i].config, p->scripts[i].target, "0444");
+        }
         if (p->curve) {
             curve_pair_t *k = role == ROLE_ROUTER ? &p->client_key : &p->router_key;
             snprintf(name, sizeof name, "curve_%s_pub_%s", role == ROLE_ROUTER ? "client" : "router",
@@ -711,7 +684,7 @@ static void files(plan_t *p, role_t role, int stage)
     if (needs_key || p->curve) {
         fprintf(f, "    secrets:\n");
         if (needs_key) {
-            snprintf(name, sizeof name, "data_key_%s", p->key_id);
+            snprintf(name, sizeof name, "data_key_%s", p->plan.key_id);
             swarm_file(f, name, "data.key", "0400");
         }
         if (p->curve) {
@@ -727,13 +700,13 @@ static void files(plan_t *p, role_t role, int stage)
 }
 
 /* Restart, replicas and placement. */
-static void policy(plan_t *p, role_t role, int stage)
+static void policy(deploy_t *p, role_t role, int stage)
 {
     FILE *f = p->out;
-    int sgx = role == ROLE_WORKER && p->enclave[stage] && !strcmp(p->backend, "sgx");
+    int sgx = role == ROLE_WORKER && p->plan.stages[stage].enclave && !strcmp(p->plan.backend, "sgx");
     /* A worker that fails to join or dies is replaced, unless on_error =
      * fail stopped it; routers, the source and the sink run once. */
-    int restart = role == ROLE_WORKER && strcmp(p->spec.on_error, "fail");
+    int restart = role == ROLE_WORKER && strcmp(p->plan.on_error, "fail");
     if (sgx) {
         fprintf(f, "    devices:\n");
         fprintf(f, "      - \"/dev/sgx_enclave:/dev/sgx_enclave\"\n");
@@ -747,12 +720,12 @@ static void policy(plan_t *p, role_t role, int stage)
     fprintf(f, "    networks: [pipeline]\n");
     if (!SWARM(p)) {
         if (role == ROLE_WORKER)
-            fprintf(f, "    deploy:\n      replicas: %d\n", p->spec.stages[stage].workers);
+            fprintf(f, "    deploy:\n      replicas: %d\n", p->plan.stages[stage].workers);
         fprintf(f, "    restart: \"%s\"\n", restart ? "on-failure:3" : "no");
         return;
     }
     fprintf(f, "    deploy:\n");
-    fprintf(f, "      replicas: %d\n", role == ROLE_WORKER ? p->spec.stages[stage].workers : 1);
+    fprintf(f, "      replicas: %d\n", role == ROLE_WORKER ? p->plan.stages[stage].workers : 1);
     if (role == ROLE_ROUTER)
         fprintf(f, "      endpoint_mode: dnsrr      # the name resolves to the task itself, no virtual IP\n");
     if (restart)
@@ -765,7 +738,7 @@ static void policy(plan_t *p, role_t role, int stage)
         fprintf(f, "      placement:\n        constraints: [\"node.labels.sgx == true\"]\n");
 }
 
-static void depends(plan_t *p, role_t role, int stage)
+static void depends(deploy_t *p, role_t role, int stage)
 {
     if (SWARM(p) || role == ROLE_ROUTER)
         return;
@@ -777,42 +750,42 @@ static void depends(plan_t *p, role_t role, int stage)
     if (role == ROLE_WORKER)
         fprintf(f, "router%d, router%d", stage, stage + 1);
     else if (role == ROLE_SINK)
-        fprintf(f, "router%d", p->spec.nstages);
+        fprintf(f, "router%d", p->plan.nstages);
     else {
-        for (int i = 0; i <= p->spec.nstages; i++)
+        for (int i = 0; i <= p->plan.nstages; i++)
             fprintf(f, "router%d, ", i);
-        for (int i = 0; i < p->spec.nstages; i++)
-            fprintf(f, "%s, ", p->spec.stages[i].name);
+        for (int i = 0; i < p->plan.nstages; i++)
+            fprintf(f, "%s, ", p->service[i]);
         fprintf(f, "sink");
     }
     fprintf(f, "]\n");
 }
 
-static void service_common(plan_t *p, const char *name)
+static void service_common(deploy_t *p, const char *name)
 {
     fprintf(p->out, "  %s:\n    image: ", name);
     q(p->out, p->image);
     fputc('\n', p->out);
 }
 
-static void write_routers(plan_t *p)
+static void write_routers(deploy_t *p)
 {
     FILE *f = p->out;
     char from[32], to[32], linger[24], name[24];
     snprintf(from, sizeof from, "tcp://*:%d", FRONT_PORT);
     snprintf(to, sizeof to, "tcp://*:%d", BACK_PORT);
-    snprintf(linger, sizeof linger, "%ld", p->linger_ms);
-    for (int i = 0; i <= p->spec.nstages; i++) {
+    snprintf(linger, sizeof linger, "%llu", (unsigned long long)p->linger_ms);
+    for (int i = 0; i <= p->plan.nstages; i++) {
         snprintf(name, sizeof name, "router%d", i);
         if (i == 0)
             fprintf(f, "  # router0: the source produces into it, stage %s consumes.\n",
-                    p->spec.stages[0].name);
-        else if (i < p->spec.nstages)
+                    p->service[0]);
+        else if (i < p->plan.nstages)
             fprintf(f, "  # %s: stage %s produces, stage %s consumes.\n", name,
-                    p->spec.stages[i - 1].name, p->spec.stages[i].name);
+                    p->service[i - 1], p->service[i]);
         else
             fprintf(f, "  # %s: stage %s produces, the sink consumes.\n", name,
-                    p->spec.stages[i - 1].name);
+                    p->service[i - 1]);
         service_common(p, name);
         const char *args[] = { "router", "--from", from, "--to", to, "--name", name,
                                "--linger-ms", linger, NULL };
@@ -824,23 +797,44 @@ static void write_routers(plan_t *p)
     }
 }
 
-static void write_stages(plan_t *p)
+/* A stage's comment: its workers, their scripts, enclaves. */
+static void stage_comment(deploy_t *p, int i)
 {
     FILE *f = p->out;
-    for (int i = 0; i < p->spec.nstages; i++) {
-        ss_stage_spec *st = &p->spec.stages[i];
+    const ss_plan_stage *st = &p->plan.stages[i];
+    fprintf(f, "  # Stage %d of %d%s: %d worker%s", i + 1, p->plan.nstages,
+            st->nscripts > 1 ? ", the stages fused" : "", st->workers, st->workers == 1 ? "" : "s");
+    if (st->nscripts > 1)
+        fprintf(f, ", each running in turn\n  #");
+    else
+        fprintf(f, " of");
+    for (int k = 0; k < st->nscripts; k++)
+        fprintf(f, "%s %s", k ? "," : "", p->scripts[p->first[i] + k].target);
+    if (st->enclave)
+        fprintf(f, ",\n  # each running the stage's code in an enclave (SS_ENCLAVE=%s)", p->plan.backend);
+    fprintf(f, ".\n");
+}
+
+static void write_stages(deploy_t *p)
+{
+    FILE *f = p->out;
+    for (int i = 0; i < p->plan.nstages; i++) {
+        const ss_plan_stage *st = &p->plan.stages[i];
+        const script_t *sc = &p->scripts[p->first[i]];
         char from[64], to[64], pos[16];
         snprintf(from, sizeof from, "tcp://router%d:%d", i, BACK_PORT);
         snprintf(to, sizeof to, "tcp://router%d:%d", i + 1, FRONT_PORT);
         snprintf(pos, sizeof pos, "%d", i + 1);
-        fprintf(f, "  # Stage %d of %d: %d worker%s of %s", i + 1, p->spec.nstages, st->workers,
-                st->workers == 1 ? "" : "s", p->scripts[i].target);
-        if (p->enclave[i])
-            fprintf(f, ",\n  # each running the stage's code in an enclave (SS_ENCLAVE=%s)", p->backend);
-        fprintf(f, ".\n");
-        service_common(p, st->name);
-        const char *args[] = { "worker", "--from", from, "--to", to, "--script", p->scripts[i].target,
-                               "--name", st->name, "--stage", st->name, "--pos", pos, NULL };
+        stage_comment(p, i);
+        service_common(p, p->service[i]);
+        /* As run starts a worker: the first script, then those fused after it. */
+        const char *args[14 + 2 * SS_MAX_STAGES] = {
+            "worker", "--from", from, "--to", to, "--script", sc[0].target,
+            "--name", st->name, "--stage", st->name, "--pos", pos };
+        for (int k = 1, a = 13; k < st->nscripts; k++) {
+            args[a++] = "--script";
+            args[a++] = sc[k].target;
+        }
         flow_list(f, "command", args);
         environment(p, ROLE_WORKER, i);
         files(p, ROLE_WORKER, i);
@@ -850,16 +844,16 @@ static void write_stages(plan_t *p)
     }
 }
 
-static void write_ends(plan_t *p)
+static void write_ends(deploy_t *p)
 {
     FILE *f = p->out;
-    int n = p->spec.nstages;
+    int n = p->plan.nstages;
     char from[64], to[64], bb[24];
     snprintf(from, sizeof from, "tcp://router%d:%d", n, BACK_PORT);
     fprintf(f, "  # The sink: the results on stdout, the summary on stderr; exits 0 once every\n"
                "  # source batch is accounted for, 4 when the result is incomplete.\n");
     service_common(p, "sink");
-    const char *sargs[] = { "sink", "--from", from, "--script", p->scripts[n].target, "--name", "sink",
+    const char *sargs[] = { "sink", "--from", from, "--script", p->scripts[p->nscripts].target, "--name", "sink",
                             "--stage", "sink", NULL };
     flow_list(f, "command", sargs);
     environment(p, ROLE_SINK, n);
@@ -869,12 +863,12 @@ static void write_ends(plan_t *p)
     fputc('\n', f);
 
     snprintf(to, sizeof to, "tcp://router0:%d", FRONT_PORT);
-    snprintf(bb, sizeof bb, "%ld", p->spec.batch_bytes);
+    snprintf(bb, sizeof bb, "%ld", p->plan.batch_bytes);
     fprintf(f, "  # The source: sends the input once, then ends. Never restarted: a second\n"
                "  # source would send the input again.\n");
     service_common(p, "source");
     const char *args[] = { "source", "--to", to, "--input", p->input_target,
-                           p->spec.header ? "--header" : "--no-header", "--batch-bytes", bb, NULL };
+                           p->plan.header ? "--header" : "--no-header", "--batch-bytes", bb, NULL };
     flow_list(f, "command", args);
     environment(p, ROLE_SOURCE, -1);
     files(p, ROLE_SOURCE, -1);
@@ -882,7 +876,7 @@ static void write_ends(plan_t *p)
     depends(p, ROLE_SOURCE, -1);
 }
 
-static void write_top(plan_t *p)
+static void write_top(deploy_t *p)
 {
     FILE *f = p->out;
     fprintf(f, "\nnetworks:\n");
@@ -895,10 +889,9 @@ static void write_top(plan_t *p)
                    "  pipeline: {}\n");
     if (!SWARM(p))
         return;
-    int n = p->spec.nstages;
     fprintf(f, "\n# Stage and sink scripts, named after their content: a changed script deploys\n"
                "# as a new config (a Swarm config cannot change).\nconfigs:\n");
-    for (int i = 0; i <= n; i++) {
+    for (int i = 0; i <= p->nscripts; i++) {
         int seen = 0;
         for (int k = 0; k < i; k++)
             seen |= !strcmp(p->scripts[k].config, p->scripts[i].config);
@@ -915,12 +908,12 @@ static void write_top(plan_t *p)
         q(f, p->client_key.pub);
         fputc('\n', f);
     }
-    if (!p->encrypted && !p->curve)
+    if (!p->plan.encrypted && !p->curve)
         return;
     fprintf(f, "\n# Keys, read by `docker stack deploy` from these files and given only to the\n"
                "# services that use them, at /run/secrets, mode 0400.\nsecrets:\n");
-    if (p->encrypted) {
-        fprintf(f, "  data_key_%s:      # the data key's id\n    file: ", p->key_id);
+    if (p->plan.encrypted) {
+        fprintf(f, "  data_key_%s:      # the data key's id\n    file: ", p->plan.key_id);
         q(f, p->key);
         fputc('\n', f);
     }
@@ -933,156 +926,123 @@ static void write_top(plan_t *p)
     }
 }
 
-static void usage(FILE *f)
+/* Write the file: to a temporary file renamed over `output` once whole, or
+ * to stdout. */
+static int write_file(const ss_cli *cli, deploy_t *p, const char *output)
 {
-    fprintf(f,
-            "usage: securestreams deploy SPEC --format compose|swarm [options]\n"
-            "Write the pipeline described in SPEC as a Docker Compose file or a Docker Swarm\n"
-            "stack file: one service per router, per stage (replicas = workers), for the\n"
-            "source and for the sink, on one network (docs/deploy.md). Same inputs, same file.\n"
-            "  --format F            compose (docker-compose up) or swarm (docker stack deploy)\n"
-            "  -o, --output FILE     write FILE (default: stdout); host paths in the file are\n"
-            "                        relative to its directory (to the current one on stdout)\n"
-            "  --image NAME          the image of every service (default " DEFAULT_IMAGE ";\n"
-            "                        make image builds it without a registry)\n"
-            "  --input FILE          the source's input instead of the spec's source.file\n"
-            "  --workers N|A,B,C     replicas per stage (one number for all, or one per stage)\n"
-            "  --security MODE       plain, encrypted or enclave (needs --key)\n"
-            "  --key FILE            the data key: a bind mount (compose) or a secret (swarm)\n"
-            "  --on-error skip|fail  the error policy of every component\n"
-            "  --enclave-backend B   SS_ENCLAVE of enclave stages: isolated (default), inprocess,\n"
-            "                        or sgx: placed on nodes labelled sgx=true, with the SGX devices\n"
-            "  --curve DIR           CurveZMQ on every link, with DIR/router and DIR/client key\n"
-            "                        pairs (securestreams keygen --curve -o DIR/router ...)\n"
-            "  --linger-ms N         how long routers answer late joiners after the end\n"
-            "                        (default %d)\n"
-            "Exit status: 0 written, 1 a file cannot be read or written, 2 usage or spec error.\n",
-            DEFAULT_LINGER_MS);
-}
-
-int ss_cmd_deploy(int argc, char **argv)
-{
-    static const struct option longopts[] = {
-        { "format", required_argument, 0, 'f' }, { "output", required_argument, 0, 'o' },
-        { "image", required_argument, 0, 'I' }, { "input", required_argument, 0, 'i' },
-        { "workers", required_argument, 0, 'w' }, { "security", required_argument, 0, 's' },
-        { "key", required_argument, 0, 'k' }, { "on-error", required_argument, 0, 'e' },
-        { "enclave-backend", required_argument, 0, 'B' }, { "curve", required_argument, 0, 'c' },
-        { "linger-ms", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
-        { 0, 0, 0, 0 } };
-    overrides_t o = { 0 };
-    const char *format = NULL;
-    plan_t p;
-    memset(&p, 0, sizeof p);
-    p.image = DEFAULT_IMAGE;
-    p.backend = "isolated";
-    p.linger_ms = DEFAULT_LINGER_MS;
-    int c;
-    opterr = 0;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'f': format = optarg; break;
-        case 'o': o.output = optarg; break;
-        case 'I': p.image = optarg; break;
-        case 'i': o.input = optarg; break;
-        case 'w': o.workers = optarg; break;
-        case 's': o.security = optarg; break;
-        case 'k': o.key = optarg; break;
-        case 'e': o.on_error = optarg; break;
-        case 'B': p.backend = optarg; break;
-        case 'c': o.curve = optarg; break;
-        case 'l': {
-            char *end;
-            p.linger_ms = strtol(optarg, &end, 10);
-            if (*end || end == optarg || p.linger_ms < 0 || p.linger_ms > 86400000) {
-                fprintf(stderr, "securestreams deploy: --linger-ms wants milliseconds, not '%s'\n", optarg);
-                return SS_EXIT_USAGE;
-            }
-            break;
-        }
-        case 'h': usage(stdout); return SS_EXIT_OK;
-        default:
-            fprintf(stderr, "securestreams deploy: unknown option or missing value: %s\n",
-                    argv[optind - 1]);
-            usage(stderr);
-            return SS_EXIT_USAGE;
-        }
-    }
-    if (optind != argc - 1 || !format) {
-        fprintf(stderr, "securestreams deploy: %s\n",
-                optind != argc - 1 ? "one SPEC expected" : "--format compose or --format swarm expected");
-        usage(stderr);
-        return SS_EXIT_USAGE;
-    }
-    if (!strcmp(format, "compose"))
-        p.format = FMT_COMPOSE;
-    else if (!strcmp(format, "swarm"))
-        p.format = FMT_SWARM;
-    else {
-        fprintf(stderr, "securestreams deploy: --format: expected compose or swarm, got '%s'\n", format);
-        return SS_EXIT_USAGE;
-    }
-    if (strcmp(p.backend, "isolated") && strcmp(p.backend, "inprocess") && strcmp(p.backend, "sgx")) {
-        fprintf(stderr, "securestreams deploy: --enclave-backend: expected isolated, inprocess or "
-                        "sgx, got '%s'\n", p.backend);
-        return SS_EXIT_USAGE;
-    }
-    if (!*p.image || strpbrk(p.image, "\"$ \t\n")) {
-        fprintf(stderr, "securestreams deploy: --image: '%s' is not an image name\n", p.image);
-        return SS_EXIT_USAGE;
-    }
-
-    diag_t d = { "", 0 };
-    int rc = SS_EXIT_USAGE;
+    int rc = SS_EXIT_ERROR;
     char *tmp = NULL;
-    if (plan_make(&p, argv[optind], &o, &d) != 0) {
-        fprintf(stderr, "securestreams deploy: %s\n", d.msg);
-        if (d.io)
-            rc = SS_EXIT_ERROR;
-        goto out;
-    }
-    rc = SS_EXIT_ERROR;
-    if (o.output) {
-        size_t n = strlen(o.output) + 32;
+    p->out = stdout;
+    if (output) {
+        size_t n = strlen(output) + 32;
         if (!(tmp = malloc(n)))
-            goto out;
-        snprintf(tmp, n, "%s.tmp.%ld", o.output, (long)getpid());
-        if (!(p.out = fopen(tmp, "w"))) {
+            return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
+        snprintf(tmp, n, "%s.tmp.%ld", output, (long)getpid());
+        if (!(p->out = fopen(tmp, "w"))) {
             int en = errno;
-            fprintf(stderr, "securestreams deploy: cannot write %s: %s\n", tmp, strerror(en));
+            ss_cli_fail(cli, SS_EXIT_ERROR, "cannot write %s: %s", tmp, strerror(en));
             goto out;
         }
-    } else {
-        p.out = stdout;
     }
-    header(&p);
-    write_routers(&p);
-    write_stages(&p);
-    write_ends(&p);
-    write_top(&p);
-    if (fflush(p.out) != 0 || ferror(p.out)) {
+    header(p);
+    write_routers(p);
+    write_stages(p);
+    write_ends(p);
+    write_top(p);
+    if (fflush(p->out) != 0 || ferror(p->out)) {
         int en = errno;
-        fprintf(stderr, "securestreams deploy: cannot write %s: %s\n", o.output ? tmp : "stdout",
-                strerror(en));
+        ss_cli_fail(cli, SS_EXIT_ERROR, "cannot write %s: %s", output ? tmp : "stdout", strerror(en));
         goto out;
     }
-    if (o.output) {
-        int bad = fclose(p.out) != 0;
-        p.out = NULL;
-        if (bad || rename(tmp, o.output) != 0) {
+    if (output) {
+        int bad = fclose(p->out) != 0;
+        p->out = NULL;
+        if (bad || rename(tmp, output) != 0) {
             int en = errno;
-            fprintf(stderr, "securestreams deploy: cannot write %s: %s\n", o.output, strerror(en));
+            ss_cli_fail(cli, SS_EXIT_ERROR, "cannot write %s: %s", output, strerror(en));
             goto out;
         }
     }
     rc = SS_EXIT_OK;
 out:
-    if (p.out && p.out != stdout)
-        fclose(p.out);
+    if (p->out && p->out != stdout)
+        fclose(p->out);
+    p->out = NULL;
     if (tmp && rc != SS_EXIT_OK)
         unlink(tmp);
     free(tmp);
+    return rc;
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static const char *const formats[] = { "compose", "swarm", NULL };
+
+/*
+ * securestreams deploy SPEC --format compose|swarm [options]; argv[0] is
+ * "deploy". Exit status: 0 written (or --help), 1 a file cannot be read or
+ * written, 2 usage or spec error.
+ */
+int ss_cmd_deploy(int argc, char **argv)
+{
+    ss_plan_overrides o = { 0 };
+    const char *format = NULL, *output = NULL, *curve = NULL, *args[1];
+    deploy_t p;
+    memset(&p, 0, sizeof p);
+    p.image = DEFAULT_IMAGE;
+    p.linger_ms = DEFAULT_LINGER_MS;
+    const ss_opt opts[] = {
+        { "--format", 0, SS_OPT_CHOICE, &format, "F",
+          "compose (docker-compose up) or swarm (docker stack deploy)", .choices = formats },
+        { "--output", 'o', SS_OPT_STRING, &output, "FILE",
+          "write FILE (default: stdout); host paths in the file are\n"
+          "relative to its directory (to the current one on stdout)" },
+        { "--image", 0, SS_OPT_STRING, &p.image, "NAME",
+          "the image of every service (default " DEFAULT_IMAGE ";\nmake image builds it without a registry)" },
+        { "--input", 0, SS_OPT_STRING, &o.input, "FILE", "the source's input instead of the spec's source.file" },
+        { "--workers", 0, SS_OPT_STRING, &o.workers, "N|A,B,C",
+          "replicas per stage (one number for all, or one per stage)" },
+        { "--security", 0, SS_OPT_STRING, &o.security, "MODE", "plain, encrypted or enclave (needs --key)" },
+        { "--key", 0, SS_OPT_STRING, &o.key, "FILE", "the data key: a bind mount (compose) or a secret (swarm)" },
+        { "--on-error", 0, SS_OPT_CHOICE, &o.on_error, "skip|fail", "the error policy of every component",
+          .choices = ss_plan_on_errors },
+        { "--enclave-backend", 0, SS_OPT_CHOICE, &o.enclave_backend, "B",
+          "SS_ENCLAVE of enclave stages: isolated (default), inprocess,\n"
+          "or sgx: placed on nodes labelled sgx=true, with the SGX devices", .choices = ss_plan_backends },
+        { "--fuse", 0, SS_OPT_FLAG, &o.fuse, NULL,
+          "one service of workers running every stage in turn, no\n"
+          "routers between the stages (as run --fuse)", .value = 1 },
+        { "--curve", 0, SS_OPT_STRING, &curve, "DIR",
+          "CurveZMQ on every link, with DIR/router and DIR/client key\n"
+          "pairs (securestreams keygen --curve -o DIR/router ...)" },
+        { "--linger-ms", 0, SS_OPT_MS, &p.linger_ms, "N",
+          "how long routers answer late joiners after the end\n(default " STR(DEFAULT_LINGER_MS) ")",
+          .max = MAX_LINGER_MS },
+        { NULL },
+    };
+    const ss_cli cli = {
+        .name = "deploy", .synopsis = "SPEC --format compose|swarm [options]", .opts = opts,
+        .about = "Write the pipeline described in SPEC as a Docker Compose file or a Docker Swarm\n"
+                 "stack file: one service per router, per stage (replicas = workers), for the\n"
+                 "source and for the sink, on one network (docs/deploy.md). Same inputs, same file.",
+        .epilogue = "Exit status: 0 written, 1 a file cannot be read or written, 2 usage or spec error.",
+        .min_args = 1, .max_args = 1,
+    };
+    int rc = ss_cli_parse(&cli, argc, argv, (char **)args, NULL);
+    if (rc != SS_CLI_GO)
+        return rc;
+    if (!format)
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "--format compose or --format swarm expected");
+    p.format = !strcmp(format, "swarm") ? FMT_SWARM : FMT_COMPOSE;
+    if (strpbrk(p.image, "\"$ \t\n"))
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "--image: '%s' is not an image name", p.image);
+
+    diag_t d = { "", 0 };
+    if (plan_make(&p, args[0], &o, output, curve, &d) != 0)
+        rc = ss_cli_fail(&cli, d.io ? SS_EXIT_ERROR : SS_EXIT_USAGE, "%s", d.msg);
+    else
+        rc = write_file(&cli, &p, output);
     plan_cleanup(&p);
     return rc;
 }

@@ -243,9 +243,10 @@ ss_err ss_spec_load(const char *path, ss_spec *s, char *err, size_t errlen)
         lua_pushnil(c.L);
         lua_setglobal(c.L, *g);
     }
-    if (luaL_loadfilex(c.L, path, "t") != LUA_OK) {
+    int loaded = luaL_loadfilex(c.L, path, "t");
+    if (loaded != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(c.L, -1));
-        e = SS_ERR_IO;
+        e = loaded == LUA_ERRFILE ? SS_ERR_IO : SS_ERR_USAGE;
         goto out;
     }
     if (lua_pcall(c.L, 0, 1, 0) != LUA_OK) {
@@ -273,43 +274,10 @@ void ss_spec_cleanup(ss_spec *s)
     for (int i = 0; i < s->nstages; i++) {
         free(s->stages[i].name);
         free(s->stages[i].script);
-        for (int k = 0; k < s->stages[i].nfused; k++)
-            free(s->stages[i].fused[k]);
     }
     free(s->sink_script);
     free(s->security);
     free(s->key);
     free(s->on_error);
     memset(s, 0, sizeof *s);
-}
-
-void ss_spec_fuse(ss_spec *s)
-{
-    if (s->nstages < 2)
-        return;
-    ss_stage_spec *first = &s->stages[0];
-    size_t len = 1;
-    for (int i = 0; i < s->nstages; i++)
-        len += strlen(s->stages[i].name) + 1;
-    char *name = malloc(len);
-    if (!name)
-        return;
-    name[0] = '\0';
-    for (int i = 0; i < s->nstages; i++) {
-        if (i)
-            strcat(name, "+");
-        strcat(name, s->stages[i].name);
-    }
-    for (int i = 1; i < s->nstages; i++) {
-        ss_stage_spec *g = &s->stages[i];
-        first->fused[first->nfused++] = g->script;
-        if (g->workers > first->workers)
-            first->workers = g->workers;
-        first->enclave |= g->enclave;
-        free(g->name);
-        memset(g, 0, sizeof *g);
-    }
-    free(first->name);
-    first->name = name;
-    s->nstages = 1;
 }

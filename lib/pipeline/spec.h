@@ -16,8 +16,6 @@ typedef struct {
     char *script;    /* absolute or relative to the working directory */
     int workers;
     int enclave;     /* run the stage's code in an enclave */
-    char *fused[SS_MAX_STAGES]; /* scripts of the stages fused after this one */
-    int nfused;
 } ss_stage_spec;
 
 typedef struct {
@@ -32,17 +30,13 @@ typedef struct {
     char *key;           /* data key file, for the encrypted mode */
     char *on_error;      /* "skip" or "fail" */
     long batch_bytes;
-    int fuse;            /* run all stages fused in each worker */
+    int fuse;            /* run all stages fused in each worker (plan.h) */
 } ss_spec;
 
-/* Parse a spec. On error returns SS_ERR_USAGE (or SS_ERR_IO) with a message
- * naming the file and the field in err. Free with ss_spec_cleanup. */
+/* Parse a spec. On error returns SS_ERR_USAGE (a Lua error or a wrong
+ * field) or SS_ERR_IO (the file cannot be read) with a message naming the
+ * file and the field in err. Free with ss_spec_cleanup. */
 ss_err ss_spec_load(const char *path, ss_spec *out, char *err, size_t errlen);
 void ss_spec_cleanup(ss_spec *s);
-
-/* Fuse every stage into one whose workers run the stages' scripts in order,
- * in one process: no router and no MessagePack between them (the fastest
- * configuration when the stages share a host). Workers: the largest count. */
-void ss_spec_fuse(ss_spec *s);
 
 #endif

@@ -60,7 +60,7 @@ deploy "$P/other.spec.lua" --format compose --key ../keys/data.key
 check "compose: the stream id follows the name (another name)" test "$(stream_of "$T/out.yml")" != "$(stream_of "$T/c1.yml")"
 
 # The components' command lines, as docker-compose reads them, equal run's
-# (pipeline.c) with routers at routerI:5555/5556.
+# (src/cmd_run.c) with routers at routerI:5555/5556.
 if command -v docker-compose >/dev/null 2>&1; then
     if (cd "$T/out" && timeout 60 docker-compose -f compose.yml config) >"$T/norm.yml" 2>"$T/cerr"; then
         ok "compose: docker-compose config accepts the file"
@@ -177,6 +177,41 @@ deploy "$ROOT/examples/flights/flights.spec.lua" --format compose --input "$F" -
 check "plain: exit 0" test "$RC" -eq 0
 check "plain: no key" sh -c "! grep -q 'SS_KEY_FILE\|secrets' '$T/out.yml'"
 check "plain: --workers 4 gives 4 replicas" test "$(grep -c 'replicas: 4' "$T/out.yml")" -eq 3
+
+# Fused stages (fuse = true in the spec, or --fuse) deploy as `run --fuse`
+# runs them: one worker service running every script in turn, no router
+# between the stages.
+sed 's/^  on_error = "skip",$/  on_error = "skip",\n  fuse = true,/' "$SPEC" >"$P/fused.spec.lua"
+deploy "$P/fused.spec.lua" --format compose --key ../keys/data.key
+check "fused: exit 0" test "$RC" -eq 0
+cp "$T/out.yml" "$T/f1.yml"
+check "fused: five services (two routers, one stage, source, sink)" \
+    test "$(grep -c '^  [a-z0-9_-]*:$' "$T/f1.yml")" -eq 5
+check "fused: one stage service, named after its stages" grep -q '^  mapper-filter-reducer:$' "$T/f1.yml"
+check "fused: no service per stage" sh -c "! grep -qE '^  (mapper|filter|reducer):\$' '$T/f1.yml'"
+check "fused: no inner routers" sh -c "grep -q '^  router1:\$' '$T/f1.yml' && ! grep -q '^  router2:\$' '$T/f1.yml'"
+if command -v docker-compose >/dev/null 2>&1; then
+    cp "$T/f1.yml" "$T/out/fused.yml"
+    check "fused: docker-compose config accepts the file" \
+        sh -c "cd '$T/out' && timeout 60 docker-compose -f fused.yml config >/dev/null 2>&1"
+    rm -f "$T/out/fused.yml"
+fi
+service mapper-filter-reducer "$T/f1.yml" >"$T/fused"
+check "fused: the workers go from router0 to router1" grep -q '"tcp://router0:5556", "--to", "tcp://router1:5555"' "$T/fused"
+check "fused: each worker runs the three scripts in order" test \
+    "$(grep -o '/pipeline/[a-z]*\.lua' "$T/fused" | tr '\n' ' ')" = "/pipeline/mapper.lua /pipeline/filter.lua /pipeline/reducer.lua "
+check "fused: the stage as run --fuse names it" grep -q '"--stage", "mapper+filter+reducer"' "$T/fused"
+check "fused: replicas = the largest count" grep -q 'replicas: 3' "$T/fused"
+check "fused: the sink reads router1" grep -q '"sink", "--from", "tcp://router1:5556"' "$T/f1.yml"
+deploy "$SPEC" --format compose --key ../keys/data.key --fuse
+# The same file but for the spec's name in the header.
+grep -v '^# `securestreams deploy ' "$T/out.yml" >"$T/f2.body"
+grep -v '^# `securestreams deploy ' "$T/f1.yml" >"$T/f1.body"
+check "fused: --fuse writes what fuse = true does" cmp -s "$T/f1.body" "$T/f2.body"
+deploy "$P/fused.spec.lua" --format swarm --key ../keys/data.key
+service mapper-filter-reducer "$T/out.yml" >"$T/fused"
+check "fused swarm: the stage gets every script as a config" \
+    test "$(grep -c 'source: [a-z]*_lua_[0-9a-f]*$' "$T/fused")" -eq 3
 
 # Errors: each names the cause; usage errors exit 2, unreadable files 1.
 deploy "$SPEC" --format kubernetes --key ../keys/data.key
