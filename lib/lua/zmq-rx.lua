@@ -240,6 +240,7 @@ Rx.Observable.fromZmqSocket = Rx.Subject.fromZmqSocket
 
 function ZmqRx._sink_loop(source, observer)
   local stats = new_stats()
+  stats.redelivered = 0
   local consumer = net.consumer(source.addr, link_opts(source.opts))
   net.ready()
   local cur = {}
@@ -251,6 +252,9 @@ function ZmqRx._sink_loop(source, observer)
   local covered, eos = {}, nil
   while true do
     local kind, tag, data, lineage, origin, flags, producer, seq = consumer:recv(-1)
+    if (kind == 'data' or kind == 'rejected') and flags & net.REDELIVERED ~= 0 then
+      stats.redelivered = stats.redelivered + 1
+    end
     local ids = kind == 'data' and net.lineage_ids(lineage)
     if ids and not fresh(producer, seq) then
       ids = nil
@@ -417,6 +421,7 @@ ZmqRx.worker_loop = worker_loop
 local function chain_stage(chain, producer)
   local source = (chain.root or chain).zmq_source
   local stats = new_stats()
+  stats.redelivered = 0
   local writer = net.writer()
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
@@ -446,6 +451,7 @@ local function chain_stage(chain, producer)
   end
 
   function stage.admit(d)
+    if d.flags & net.REDELIVERED ~= 0 then stats.redelivered = stats.redelivered + 1 end
     if d.kind == 'rejected' then
       reject(d.data, d.producer, d.seq)
       return false
@@ -688,7 +694,7 @@ function ZmqRx.summary()
       local st = stages[s.stage]
       if not st then
         st = { stage = s.stage, pos = s.pos or 0, ['in'] = 0, out = 0, skipped = 0, refused = 0,
-               rejected = 0, workers = 0 }
+               rejected = 0, redelivered = 0, workers = 0 }
         stages[s.stage] = st
         order[#order + 1] = s.stage
       end
@@ -697,6 +703,7 @@ function ZmqRx.summary()
       st.skipped = st.skipped + (s.skipped or 0)
       st.refused = st.refused + (s.refused or 0)
       st.rejected = st.rejected + (s.rejected or 0)
+      st.redelivered = st.redelivered + (s.redelivered or 0)   -- absent from older enclaves' records
       st.workers = st.workers + 1
       if s.stage == 'source' then
         sources[#sources + 1] = s
