@@ -40,15 +40,15 @@ local function report(summary)
   end
   out:write(('summary: %d rows in %.2f s (%.0f rows/s); %s\n'):format(summary.rows, secs,
     secs > 0 and summary.rows / secs or 0, verdict))
-  out:write(('  %-12s %7s %12s %12s %9s %8s %8s\n'):format('stage', 'workers', 'in', 'out', 'skipped',
-    'refused', 'rejected'))
+  out:write(('  %-12s %7s %12s %12s %9s %8s %8s %11s\n'):format('stage', 'workers', 'in', 'out', 'skipped',
+    'refused', 'rejected', 'redelivered'))
   for _, s in ipairs(summary.stages) do
-    out:write(('  %-12s %7d %12d %12d %9d %8d %8d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped,
-      s.refused, s.rejected))
+    out:write(('  %-12s %7d %12d %12d %9d %8d %8d %11d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped,
+      s.refused, s.rejected, s.redelivered))
   end
   local sink = summary.sink
-  out:write(('  %-12s %7d %12d %12s %9d %8d %8d\n'):format('sink', 1, sink['in'], '-', sink.skipped,
-    sink.refused, sink.rejected))
+  out:write(('  %-12s %7d %12d %12s %9d %8d %8d %11d\n'):format('sink', 1, sink['in'], '-', sink.skipped,
+    sink.refused, sink.rejected, sink.redelivered))
   local path = os.getenv('SS_SUMMARY_FILE')
   if path and path ~= '' then
     local f = assert(io.open(path, 'w'))

@@ -240,6 +240,7 @@ Rx.Observable.fromZmqSocket = Rx.Subject.fromZmqSocket
 
 function ZmqRx._sink_loop(source, observer)
   local stats = new_stats()
+  stats.redelivered = 0
   local consumer = net.consumer(source.addr, link_opts(source.opts))
   net.ready()
   local cur = {}
@@ -251,6 +252,9 @@ function ZmqRx._sink_loop(source, observer)
   local covered, eos = {}, nil
   while true do
     local kind, tag, data, lineage, origin, flags, producer, seq = consumer:recv(-1)
+    if (kind == 'data' or kind == 'rejected') and flags & net.REDELIVERED ~= 0 then
+      stats.redelivered = stats.redelivered + 1
+    end
     local ids = kind == 'data' and net.lineage_ids(lineage)
     if ids and not fresh(producer, seq) then
       ids = nil
@@ -329,27 +333,101 @@ local function acknowledger(producer, consumer)
   return acks
 end
 
--- Worker: chain rooted at a zmq source, sent to a router.
-local function worker_loop(chain, source, addr, opts)
-  local lopts = link_opts(opts)
+-- The worker loop: one for every kind of worker. It owns receiving,
+-- grouping, publishing order, acknowledgement and the end of stream
+-- (docs/architecture.md, "Exactly-once results under worker failure";
+-- docs/protocol.md); what a batch turns into is the stage's business. A
+-- stage is a table of functions:
+--
+--   stage.stateful            true: batches are grouped into one output
+--   stage.receive(consumer, timeout_ms) -> nil when nothing came, or a
+--       delivery {kind, tag, flags, ...}; kind 'eos' carries the end of
+--       stream decoded in `data`, or undecoded in `payload`
+--   stage.admit(d) -> false when the batch was disposed of (refused,
+--       rejected, replayed): it is acknowledged at once
+--   stage.add(d, redelivered) -> true when the batch was rejected: it is
+--       acknowledged at once and joins no group
+--   stage.flush() -> the publication number of the output covering the
+--       open group, or nil when nothing was published
+--   stage.finish(id) -> this worker's statistics record for the end of stream
+--   stage.close()             releases what the stage holds (its owner calls it)
+--
+-- consumer and producer are securestreams.net links (or objects with their
+-- methods), opened producer first; the caller closes them and the stage. A
+-- redelivered batch is always a group of its own; a stateless stage makes
+-- one output per batch; a stateful one groups up to config.group batches,
+-- or until no batch came for config.idle_ms. At the end of stream: flush,
+-- wait until downstream received everything, publish the end of stream
+-- with this worker's statistics under `id` (not when it came LATE: the
+-- stream ended without this worker), acknowledge, return. Errors (the error
+-- policy, a broken link) propagate with nothing closed.
+local function worker_loop(consumer, producer, stage, id)
+  local acks = acknowledger(producer, consumer)
+  local settle = acks.settle
+  local group = nil                             -- { tags } of the open group's batches
+
+  local function close_group()
+    local tags = group.tags
+    group = nil
+    local pubseq = stage.flush()
+    if pubseq then
+      acks.add(pubseq, tags)
+    else
+      for _, tag in ipairs(tags) do consumer:ack(tag) end   -- nothing downstream to wait for
+    end
+  end
+
+  while true do
+    local d = stage.receive(consumer, group and config.idle_ms or 250)
+    settle()
+    if d == nil then
+      if group then close_group() end
+      producer:service(0)
+    elseif d.kind == 'eos' then
+      if group then close_group() end
+      producer:drain()
+      settle()
+      if d.flags & net.LATE == 0 then
+        local eos = d.data or net.decode(d.payload)
+        local all = eos.stats or {}
+        all[net.hex(id)] = stage.finish(id)
+        producer:publish_eos({ members = eos.members or {}, stats = all })
+        producer:drain()
+      end
+      consumer:ack(d.tag)
+      return
+    elseif not stage.admit(d) then
+      consumer:ack(d.tag)   -- never processed, so nothing downstream to wait for
+    else
+      local redelivered = d.flags & net.REDELIVERED ~= 0
+      if group and redelivered then close_group() end
+      if stage.add(d, redelivered) then
+        consumer:ack(d.tag)
+      else
+        group = group or { tags = {} }
+        group.tags[#group.tags + 1] = d.tag
+        if not stage.stateful or redelivered or #group.tags >= config.group then close_group() end
+      end
+    end
+  end
+end
+ZmqRx.worker_loop = worker_loop
+
+-- A stage made of a Lua chain rooted at fromZmqSocket, run in this process
+-- on decoded batches; every group is one run of the chain (its onCompleted
+-- ends a partial result), and every group publishes an output, empty or
+-- not. It checks each batch (authentication failures, replays, payloads
+-- that do not decode) and counts in stage.stats.
+local function chain_stage(chain, producer)
+  local source = (chain.root or chain).zmq_source
   local stats = new_stats()
-  local producer = net.producer(addr, lopts)     -- downstream first (docs/protocol.md, rule 1)
-  local copts = link_opts(source.opts)
-  copts.tick = producer                         -- heartbeats downstream while joining upstream
-  local consumer = net.consumer(source.addr, copts)
-  producer:tick_with(consumer)
-  consumer:tick_with(producer)
-  net.ready()
+  stats.redelivered = 0
   local writer = net.writer()
-  local stateful = chain.stateful
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
   local reject, fresh = rejecter(stats)
   Rx.util.onUserError = hook
-
-  local acks = acknowledger(producer, consumer)
-  local settle = acks.settle
-  local group = nil                             -- { tags, lineages, batches, origin }
+  local group = nil                             -- { subject, lineages, batches, origin }
 
   local function chain_error(err)
     Failure.message = Failure.message or ('%s: %s'):format(describe(cur), tostring(err))
@@ -360,10 +438,45 @@ local function worker_loop(chain, source, addr, opts)
     source.group = subject
     chain:subscribe(function(v) writer:add(v) end, chain_error, function() end)
     source.group = subject
-    group = { subject = subject, tags = {}, lineages = {}, batches = 0, origin = 0 }
+    group = { subject = subject, lineages = {}, batches = 0, origin = 0 }
   end
 
-  local function close_group()
+  local stage = { stateful = chain.stateful, stats = stats }
+
+  function stage.receive(consumer, timeout)
+    local kind, tag, data, lineage, origin, flags, producer_id, seq = consumer:recv(timeout)
+    if kind == nil then return nil end
+    return { kind = kind, tag = tag, data = data, lineage = lineage, origin = origin,
+             flags = flags or 0, producer = producer_id, seq = seq }
+  end
+
+  function stage.admit(d)
+    if d.flags & net.REDELIVERED ~= 0 then stats.redelivered = stats.redelivered + 1 end
+    if d.kind == 'rejected' then
+      reject(d.data, d.producer, d.seq)
+      return false
+    elseif d.kind == 'bad' then
+      stats.refused = stats.refused + 1
+      log('refused a batch: %s', d.data)
+      return false
+    end
+    return fresh(d.producer, d.seq)
+  end
+
+  function stage.add(d)
+    if not group then open_group() end
+    cur.lineage, cur.origin, cur.producer, cur.seq = d.lineage, d.origin, d.producer, d.seq
+    stats['in'] = stats['in'] + #d.data
+    stats.batches = stats.batches + 1
+    group.lineages[#group.lineages + 1] = d.lineage
+    group.batches = group.batches + 1
+    group.origin = d.origin
+    feed(group.subject, d.data, cur, hook)
+    check_failure()
+    return false
+  end
+
+  function stage.flush()
     local g = group
     group = nil
     local ok, err = pcall(g.subject.onCompleted, g.subject)
@@ -376,62 +489,95 @@ local function worker_loop(chain, source, addr, opts)
     stats.out = stats.out + writer:count()
     local pubseq = producer:publish(writer, lineage, g.batches == 1 and g.origin or 0)
     writer:reset()
-    acks.add(pubseq, g.tags)
+    return pubseq
   end
 
-  while true do
-    local kind, tag, data, lineage, origin, flags, producer_id, seq =
-      consumer:recv(group and config.idle_ms or 250)
-    settle()
-    if kind == nil then
-      if group then close_group() end
-      producer:service(0)
-    elseif kind == 'rejected' or (kind == 'data' and not fresh(producer_id, seq)) then
-      if kind == 'rejected' then reject(data, producer_id, seq) end
-      consumer:ack(tag)   -- never processed, so nothing downstream to wait for
-    elseif kind == 'data' then
-      local redelivered = flags & net.REDELIVERED ~= 0
-      if group and (redelivered or not stateful) then close_group() end
-      if not group then open_group() end
-      cur.lineage, cur.origin, cur.producer, cur.seq = lineage, origin, producer_id, seq
-      stats['in'] = stats['in'] + #data
-      stats.batches = stats.batches + 1
-      group.tags[#group.tags + 1] = tag
-      group.lineages[#group.lineages + 1] = lineage
-      group.batches = group.batches + 1
-      group.origin = origin
-      feed(group.subject, data, cur, hook)
-      check_failure()
-      if not stateful or redelivered or group.batches >= config.group then close_group() end
-    elseif kind == 'bad' then
-      stats.refused = stats.refused + 1
-      log('refused a batch: %s', data)
-      consumer:ack(tag)
-    elseif kind == 'eos' then
-      if group then close_group() end
-      producer:drain()
-      settle()
-      if flags & net.LATE == 0 then
-        local all = data.stats or {}
-        all[net.hex(lopts.id)] = stats_record(producer, lopts.id, stats)
-        producer:publish_eos({ members = data.members or {}, stats = all })
-        producer:drain()
-      end
-      consumer:ack(tag)
-      break
+  function stage.finish(id) return stats_record(producer, id, stats) end
+
+  function stage.close() Rx.util.onUserError = nil end
+
+  return stage
+end
+ZmqRx.chain_stage = chain_stage
+
+-- A stage run in an enclave (a securestreams.enclave object): this process
+-- only moves sealed batches in and sealed outputs out, and never holds the
+-- key or a plaintext event. The enclave checks every batch itself and keeps
+-- the statistics in its sealed record; its messages are logged here, the
+-- first few. Its outputs are sealed under sequence numbers taken from the
+-- producer.
+local function enclave_stage(enc, producer)
+  local logged = 0
+  local made = nil                              -- a stateless stage's output, made with its batch
+  local function note(r)
+    if r.message ~= '' and logged < config.log_limit then
+      logged = logged + 1
+      log('%s', r.message)
+      if logged == config.log_limit then log('(further messages are counted, not logged)') end
     end
   end
-  Rx.util.onUserError = nil
+
+  local stage = { stateful = enc:stateful() }
+
+  function stage.receive(consumer, timeout)
+    local tag, header, lineage, payload, flags = consumer:recv_raw(timeout)
+    if not tag then return nil end
+    return { kind = header:byte(2) == 2 and 'eos' or 'data', tag = tag, header = header,
+             lineage = lineage, payload = payload, flags = flags }
+  end
+
+  function stage.admit() return true end
+
+  function stage.add(d, redelivered)
+    local r = enc:batch(d.header, d.lineage, d.payload, producer:take_seq(), redelivered)
+    note(r)
+    if not r.rejected and not stage.stateful then made = r end
+    return r.rejected
+  end
+
+  function stage.flush()
+    local r = made
+    made = nil
+    if not r then
+      r = enc:flush(producer:take_seq())
+      note(r)
+    end
+    if not r.output then return nil end
+    return producer:publish_raw(r.header, r.lineage, r.payload)
+  end
+
+  function stage.finish(id)
+    local seq = producer:take_seq()
+    return { sealed = enc:finish(net.hex(id), seq), n = seq }
+  end
+
+  function stage.close() enc:close() end
+
+  return stage
+end
+ZmqRx.enclave_stage = enclave_stage
+
+-- Worker: chain rooted at a zmq source, sent to a router.
+local function chain_worker(chain, addr, opts)
+  local lopts = link_opts(opts)
+  local producer = net.producer(addr, lopts)     -- downstream first (docs/protocol.md, rule 1)
+  local source = (chain.root or chain).zmq_source
+  local copts = link_opts(source.opts)
+  copts.tick = producer                         -- heartbeats downstream while joining upstream
+  local consumer = net.consumer(source.addr, copts)
+  producer:tick_with(consumer)
+  consumer:tick_with(producer)
+  net.ready()
+  local stage = chain_stage(chain, producer)
+  worker_loop(consumer, producer, stage, lopts.id)
+  stage.close()
   producer:close()
   consumer:close()
-  return stats
+  return stage.stats
 end
 
--- Enclave worker: the stage's code runs in an enclave (enclave.h); this host
--- side only moves sealed batches between the routers and the enclave, and
--- never holds the key or a plaintext event. `spec` is {script = path} or
--- {code = text, name = chunkname}. Grouping, acknowledgement and end of
--- stream follow the worker loop above.
+-- Enclave worker: the stage's code runs in an enclave (enclave.h). `spec`
+-- is {script = path} or {code = text, name = chunkname}.
 function ZmqRx.enclave_worker(spec, from, addr, opts)
   if not config.key_file then
     error('an enclave stage needs the data key (SS_KEY_FILE or --key): enclaves accept only sealed batches', 0)
@@ -443,78 +589,15 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
                                         tick = producer })
   producer:tick_with(consumer)
   consumer:tick_with(producer)
-  local enc = Enclave.new({
+  local stage = enclave_stage(Enclave.new({
     backend = config.enclave ~= '1' and config.enclave or nil,
     script = spec.script, code = spec.code, name = spec.name, key_file = config.key_file,
     stage = config.stage or config.name, fail = config.on_error == 'fail', producer = lopts.id,
     pos = config.pos,
-  })
+  }), producer)
   net.ready()
-  local stateful = enc:stateful()
-  local acks = acknowledger(producer, consumer)
-  local settle = acks.settle
-  local group, logged = nil, 0
-  local function note(r)
-    if r.message ~= '' and logged < config.log_limit then
-      logged = logged + 1
-      log('%s', r.message)
-      if logged == config.log_limit then log('(further messages are counted, not logged)') end
-    end
-  end
-  local function publish(r, tags)
-    if r.output then
-      acks.add(producer:publish_raw(r.header, r.lineage, r.payload), tags)
-    else
-      for _, tag in ipairs(tags) do consumer:ack(tag) end
-    end
-  end
-  local function flush()
-    local g = group
-    group = nil
-    local r = enc:flush(producer:take_seq())
-    note(r)
-    publish(r, g.tags)
-  end
-
-  while true do
-    local tag, header, lineage, payload, flags = consumer:recv_raw(group and config.idle_ms or 250)
-    settle()
-    if not tag then
-      if group then flush() end
-      producer:service(0)
-    elseif header:byte(2) == 2 then
-      if group then flush() end
-      producer:drain()
-      settle()
-      if flags & net.LATE == 0 then
-        local eos = net.decode(payload)
-        local id = net.hex(lopts.id)
-        local seq = producer:take_seq()
-        local all = eos.stats or {}
-        all[id] = { sealed = enc:finish(id, seq), n = seq }
-        producer:publish_eos({ members = eos.members or {}, stats = all })
-        producer:drain()
-      end
-      consumer:ack(tag)
-      break
-    else
-      local redelivered = flags & net.REDELIVERED ~= 0
-      if group and redelivered then flush() end
-      local r = enc:batch(header, lineage, payload, producer:take_seq(), redelivered)
-      note(r)
-      if r.rejected then
-        consumer:ack(tag)
-      elseif not stateful then
-        publish(r, { tag })
-      else
-        group = group or { tags = {}, batches = 0 }
-        group.tags[#group.tags + 1] = tag
-        group.batches = group.batches + 1
-        if redelivered or group.batches >= config.group then flush() end
-      end
-    end
-  end
-  enc:close()
+  worker_loop(consumer, producer, stage, lopts.id)
+  stage.close()
   producer:close()
   consumer:close()
 end
@@ -563,7 +646,7 @@ function Rx.Observable:subscribeToSocket(addr, opts)
   local root = self.root or self
   local ok, err
   if root.zmq_source then
-    ok, err = pcall(worker_loop, self, root.zmq_source, addr, opts)
+    ok, err = pcall(chain_worker, self, addr, opts)
   else
     ok, err = pcall(source_loop, self, addr, opts)
   end
@@ -611,7 +694,7 @@ function ZmqRx.summary()
       local st = stages[s.stage]
       if not st then
         st = { stage = s.stage, pos = s.pos or 0, ['in'] = 0, out = 0, skipped = 0, refused = 0,
-               rejected = 0, workers = 0 }
+               rejected = 0, redelivered = 0, workers = 0 }
         stages[s.stage] = st
         order[#order + 1] = s.stage
       end
@@ -620,6 +703,7 @@ function ZmqRx.summary()
       st.skipped = st.skipped + (s.skipped or 0)
       st.refused = st.refused + (s.refused or 0)
       st.rejected = st.rejected + (s.rejected or 0)
+      st.redelivered = st.redelivered + (s.redelivered or 0)   -- absent from older enclaves' records
       st.workers = st.workers + 1
       if s.stage == 'source' then
         sources[#sources + 1] = s
