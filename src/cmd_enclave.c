@@ -16,6 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* round trips at most: the Lua loops run 100 times as many calls */
+#define MAX_CALLS 10000000L
+
 int ss_cmd_enclave(int argc, char **argv)
 {
     return ss_enclave_child_main(argc, argv);
@@ -83,7 +86,8 @@ int ss_cmd_enclave_bench(int argc, char **argv)
     long calls = 100000;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--calls") && i + 1 < argc) {
-            calls = strtol(argv[++i], NULL, 10);
+            uint64_t v;
+            calls = ss_parse_u64(argv[++i], 10, SS_NUM_PLAIN, MAX_CALLS, &v) == 0 ? (long)v : 0;
         } else {
             fprintf(stderr,
                     "usage: securestreams enclave-bench [--calls N]\n"
@@ -93,7 +97,7 @@ int ss_cmd_enclave_bench(int argc, char **argv)
         }
     }
     if (calls < 1) {
-        fprintf(stderr, "enclave-bench: --calls must be at least 1\n");
+        fprintf(stderr, "enclave-bench: --calls must be a number from 1 to %ld\n", MAX_CALLS);
         return 2;
     }
     ss_log_init("enclave-bench");
@@ -118,7 +122,10 @@ int ss_cmd_enclave_bench(int argc, char **argv)
         goto out;
     }
     ss_enclave_opts o;
-    ss_enclave_opts_init(&o);
+    if (ss_enclave_opts_init(&o, err, sizeof err) != SS_OK) {
+        fprintf(stderr, "enclave-bench: %s\n", err);
+        goto out;
+    }
     o.code = "return function(s) return s end";
     o.code_name = "bench";
     o.key_file = keyfile;

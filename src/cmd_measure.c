@@ -1,5 +1,5 @@
 /*
- * measure.c - `securestreams measure SCRIPT`: the enclave measurement of a
+ * cmd_measure.c - `securestreams measure SCRIPT`: the enclave measurement of a
  * stage (enclave.h: a hash of the enclave program and the stage code), the
  * value a key-release policy checks before giving an enclave the data key.
  */
