@@ -84,6 +84,7 @@ struct ss_core {
 
     struct {
         uint64_t in, out, skipped, refused, rejected, batches;
+        uint64_t redelivered;           /* batches given with the redelivered flag */
     } stats;
     char measurement[65];
 };
@@ -643,6 +644,8 @@ ss_err ss_core_batch(ss_core_t *c, const uint8_t *hdr, const uint8_t *lineage, s
                redelivered ? "before a redelivered batch" : "after a redelivered batch");
         return SS_ERR_USAGE;
     }
+    if (redelivered)
+        c->stats.redelivered++;
     ss_header_t h;
     size_t nids;
     if (!check_header(c, hdr, lineage, llen, &h, &nids, rep)
@@ -691,7 +694,7 @@ ss_err ss_core_finish(ss_core_t *c, const char *id, uint64_t seq, ss_channel_rep
     ss_fixbuf b;
     msgpack_packer pk;
     ss_fixbuf_init(&b, &pk, storage, sizeof storage);
-    msgpack_pack_map(&pk, 9);
+    msgpack_pack_map(&pk, 10);
     ss_pack_str(&pk, "stage");
     ss_pack_str(&pk, c->stage);
     ss_pack_str(&pk, "name");
@@ -704,6 +707,7 @@ ss_err ss_core_finish(ss_core_t *c, const char *id, uint64_t seq, ss_channel_rep
     ss_pack_kv_u64(&pk, "refused", c->stats.refused);
     ss_pack_kv_u64(&pk, "rejected", c->stats.rejected);
     ss_pack_kv_u64(&pk, "batches", c->stats.batches);
+    ss_pack_kv_u64(&pk, "redelivered", c->stats.redelivered);
     if (b.over) {
         ss_say(rep->message, sizeof rep->message, "stage %s: the statistics record exceeds %d bytes",
                c->stage, STATS_BYTES);

@@ -65,7 +65,7 @@ ss_err ss_core_batch(ss_core_t *c, const uint8_t *hdr, const uint8_t *lineage, s
                      ss_channel_reply *rep);
 ss_err ss_core_flush(ss_core_t *c, uint64_t seq, ss_channel_reply *rep);
 /* The statistics record: {stage, name, pos, in, out, skipped, refused,
- * rejected, batches} sealed under SS_RECORD_AD || id, nonce
+ * rejected, batches, redelivered} sealed under SS_RECORD_AD || id, nonce
  * seq; its length in rep->payload_len. */
 ss_err ss_core_finish(ss_core_t *c, const char *id, uint64_t seq, ss_channel_reply *rep);
 /* An empty call (a real one: never inlined). Clears rep up to its

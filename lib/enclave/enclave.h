@@ -122,9 +122,10 @@ ss_err ss_enclave_batch(ss_enclave_t *e, const uint8_t *header, const uint8_t *l
 ss_err ss_enclave_flush(ss_enclave_t *e, uint64_t seq, ss_ecall_result *r);
 
 /* End of stream: the stage's statistics for the end of stream, a MessagePack
- * map {stage, name, pos, in, out, skipped, refused, rejected, batches} sealed
- * as a record (envelope.h) under context `id` with nonce `seq`. The pointer
- * stays valid until the next call. */
+ * map {stage, name, pos, in, out, skipped, refused, rejected, batches,
+ * redelivered} (redelivered: the batches given with the redelivered flag)
+ * sealed as a record (envelope.h) under context `id` with nonce `seq`. The
+ * pointer stays valid until the next call. */
 ss_err ss_enclave_finish(ss_enclave_t *e, const char *id, uint64_t seq,
                          const uint8_t **record, size_t *len);
 
