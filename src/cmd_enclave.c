@@ -9,6 +9,7 @@
 #include "enclave/enclave.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -17,7 +18,7 @@
 #include <unistd.h>
 
 /* round trips at most: the Lua loops run 100 times as many calls */
-#define MAX_CALLS 10000000L
+#define MAX_CALLS (LONG_MAX / 100)
 
 int ss_cmd_enclave(int argc, char **argv)
 {
