@@ -9,12 +9,16 @@
 #include "enclave/enclave.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* round trips at most: the Lua loops run 100 times as many calls */
+#define MAX_CALLS (LONG_MAX / 100)
 
 int ss_cmd_enclave(int argc, char **argv)
 {
@@ -83,7 +87,8 @@ int ss_cmd_enclave_bench(int argc, char **argv)
     long calls = 100000;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--calls") && i + 1 < argc) {
-            calls = strtol(argv[++i], NULL, 10);
+            uint64_t v;
+            calls = ss_parse_u64(argv[++i], 10, SS_NUM_PLAIN, MAX_CALLS, &v) == 0 ? (long)v : 0;
         } else {
             fprintf(stderr,
                     "usage: securestreams enclave-bench [--calls N]\n"
@@ -93,7 +98,7 @@ int ss_cmd_enclave_bench(int argc, char **argv)
         }
     }
     if (calls < 1) {
-        fprintf(stderr, "enclave-bench: --calls must be at least 1\n");
+        fprintf(stderr, "enclave-bench: --calls must be a number from 1 to %ld\n", MAX_CALLS);
         return 2;
     }
     ss_log_init("enclave-bench");
@@ -118,7 +123,10 @@ int ss_cmd_enclave_bench(int argc, char **argv)
         goto out;
     }
     ss_enclave_opts o;
-    ss_enclave_opts_init(&o);
+    if (ss_enclave_opts_init(&o, err, sizeof err) != SS_OK) {
+        fprintf(stderr, "enclave-bench: %s\n", err);
+        goto out;
+    }
     o.code = "return function(s) return s end";
     o.code_name = "bench";
     o.key_file = keyfile;

@@ -1,6 +1,6 @@
 /*
- * test_enclave.c - the enclave (lib/enclave/enclave.c, lib/enclave/lsandbox.c,
- * docs/enclave.md) with both backends and the real seccomp filter: map and
+ * test_enclave.c - the enclave (lib/enclave/: host.c, core.c, channel.c,
+ * child.c, measure.c, lsandbox.c; docs/enclave.md) with both backends and the real seccomp filter: map and
  * reduce round trips on sealed batches (the output opened and compared, its
  * header and lineage checked), the child locked down (Seccomp: 2,
  * NoNewPrivs: 1), hostile records (io, os, require, endless loops, unbounded
@@ -172,7 +172,7 @@ static void open_output(const ss_ecall_result *r, char *out, size_t outlen)
 static ss_enclave_t *start(const char *backend, const char *script, size_t heap, uint64_t budget_ms, int fail)
 {
     ss_enclave_opts o;
-    ss_enclave_opts_init(&o);
+    assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
     o.backend = backend;
     o.script = script;
     o.key_file = keyfile;
@@ -781,7 +781,7 @@ static void startup_errors(void **state)
     for (size_t b = 0; b < 2; b++) {
         for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
             ss_enclave_opts o;
-            ss_enclave_opts_init(&o);
+            assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
             o.backend = backends[b];
             o.script = script(bad[i].file, bad[i].text);
             o.key_file = keyfile;
@@ -793,7 +793,7 @@ static void startup_errors(void **state)
             assert_contains(err, bad[i].message);
         }
         ss_enclave_opts o;
-        ss_enclave_opts_init(&o);
+        assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
         o.backend = backends[b];
         o.script = tpath("map.lua");
         o.key_file = tpath("no-such-key");
@@ -803,7 +803,7 @@ static void startup_errors(void **state)
         assert_contains(err, "no-such-key");
     }
     ss_enclave_opts o;
-    ss_enclave_opts_init(&o);
+    assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
     o.backend = "sgx";
     o.code = "return function(s) return s end";
     o.key_file = keyfile;
@@ -824,7 +824,7 @@ static void code_text(void **state)
     (void)state;
     for (size_t b = 0; b < 2; b++) {
         ss_enclave_opts o;
-        ss_enclave_opts_init(&o);
+        assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
         o.backend = backends[b];
         o.code = "return function(s) return s:map(function(x) if x == 'bad' then error('boom') end return x .. '!' end) end";
         o.code_name = "=sgx-rx stage";

@@ -21,6 +21,11 @@
  * a record that exceeds either fails like any Lua error in user code
  * (skipped and counted, or the stage stops under on_error = fail); the
  * enclave stays usable.
+ *
+ * Implemented by host.c (the handle, both backends, the child's start and
+ * stop), core.c (the stage core both backends run), channel.c (the isolated
+ * backend's shared memory and doorbell), child.c (the isolated process) and
+ * measure.c (the measurement).
  */
 #ifndef SS_ENCLAVE_H
 #define SS_ENCLAVE_H
@@ -54,8 +59,10 @@ typedef struct {
 
 /* Defaults: backend "isolated", heap_bytes 0 and budget_ms 0 (ss_enclave_new
  * then reads SS_ENCLAVE_HEAP and SS_ENCLAVE_BUDGET, else 64 MiB and 1 s),
- * stream from SS_STREAM, everything else 0/NULL. */
-void ss_enclave_opts_init(ss_enclave_opts *o);
+ * stream from SS_STREAM (ss_stream_from_env), everything else 0/NULL.
+ * SS_ERR_USAGE, with err naming the variable, when SS_STREAM is not a
+ * pipeline id (o is then set with SS_DEFAULT_STREAM). */
+ss_err ss_enclave_opts_init(ss_enclave_opts *o, char *err, size_t errlen);
 
 /* Create and initialise: returns once the enclave said ready (its code
  * loaded, locked down), or with the error it reported (a script that does
@@ -115,9 +122,10 @@ ss_err ss_enclave_batch(ss_enclave_t *e, const uint8_t *header, const uint8_t *l
 ss_err ss_enclave_flush(ss_enclave_t *e, uint64_t seq, ss_ecall_result *r);
 
 /* End of stream: the stage's statistics for the end of stream, a MessagePack
- * map {stage, name, pos, in, out, skipped, refused, rejected, batches} sealed
- * as a record (envelope.h) under context `id` with nonce `seq`. The pointer
- * stays valid until the next call. */
+ * map {stage, name, pos, in, out, skipped, refused, rejected, batches,
+ * redelivered} (redelivered: the batches given with the redelivered flag)
+ * sealed as a record (envelope.h) under context `id` with nonce `seq`. The
+ * pointer stays valid until the next call. */
 ss_err ss_enclave_finish(ss_enclave_t *e, const char *id, uint64_t seq,
                          const uint8_t **record, size_t *len);
 
@@ -135,11 +143,9 @@ void ss_enclave_destroy(ss_enclave_t **e);
 ss_err ss_enclave_measure(const char *script_or_code, int is_code, char out[65],
                           char *err, size_t errlen);
 
-
-
 /* The isolated child's main: `securestreams enclave-child` runs it, with the
- * arguments new_isolated passes (argv[0] is the command's name). Returns the
- * process's exit status; on a served channel it exits itself. */
+ * arguments ss_enclave_new passes (argv[0] is the command's name). Returns
+ * the process's exit status; on a served channel it exits itself. */
 int ss_enclave_child_main(int argc, char **argv);
 
 #endif

@@ -19,7 +19,8 @@
  * record's protected call returns, so user code cannot catch its way out
  * of the budget.
  *
- * Internal to enclave.c and its tests; not a public module.
+ * Internal to lib/enclave (core.c, child.c) and its tests; not a public
+ * module.
  */
 #ifndef SS_LSANDBOX_H
 #define SS_LSANDBOX_H

@@ -8,7 +8,6 @@
 #include "lua/lstate.h"
 
 #include <lauxlib.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define ENCLAVE_MT "securestreams.enclave"
@@ -24,9 +23,9 @@ static int net_enclave(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ss_enclave_opts o;
-    ss_enclave_opts_init(&o);
-    const char *st = getenv("SS_STREAM");
-    o.stream = st && *st ? (uint32_t)strtoul(st, NULL, 0) : SS_DEFAULT_STREAM;
+    char err[1024];
+    if (ss_enclave_opts_init(&o, err, sizeof err) != SS_OK)
+        return luaL_error(L, "%s", err);
     if (lua_getfield(L, 1, "backend") == LUA_TSTRING) o.backend = lua_tostring(L, -1);
     if (lua_getfield(L, 1, "script") == LUA_TSTRING) o.script = lua_tostring(L, -1);
     if (lua_getfield(L, 1, "code") == LUA_TSTRING) o.code = lua_tostring(L, -1);
@@ -42,7 +41,6 @@ static int net_enclave(lua_State *L)
     lenclave *le = lua_newuserdatauv(L, sizeof *le, 0);
     le->e = NULL;
     luaL_setmetatable(L, ENCLAVE_MT);
-    char err[1024];
     if (ss_enclave_new(&o, &le->e, err, sizeof err) != SS_OK)
         return luaL_error(L, "%s", err);
     return 1;

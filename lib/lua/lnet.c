@@ -11,6 +11,7 @@
 #include "wire/codec.h"
 #include "wire/envelope.h"
 #include "wire/frame.h"
+#include "wire/replay.h"
 #include "net/link.h"
 #include "lua/lstate.h"
 
@@ -949,6 +950,52 @@ static int net_now(lua_State *L)
     return 1;
 }
 
+/* ---- replay windows (wire/replay.h) ---- */
+
+#define REPLAY_MT "securestreams.replay"
+
+typedef struct {
+    ss_replay_t *r;
+} lreplay;
+
+/* net.replay() -> a replay window over any number of producers */
+static int net_replay(lua_State *L)
+{
+    lreplay *lr = lua_newuserdatauv(L, sizeof *lr, 0);
+    lr->r = NULL;
+    luaL_setmetatable(L, REPLAY_MT);
+    if (ss_replay_new(0, &lr->r) != SS_OK)
+        return luaL_error(L, "cannot make a replay window: out of memory");
+    return 1;
+}
+
+/* w:check(producer, seq) -> true when the batch is new (and now remembered),
+ * or false and why (a replay, or too old to tell) */
+static int replay_check(lua_State *L)
+{
+    lreplay *lr = luaL_checkudata(L, 1, REPLAY_MT);
+    uint64_t producer = (uint64_t)luaL_checkinteger(L, 2);
+    uint64_t seq = (uint64_t)luaL_checkinteger(L, 3);
+    if (!lr->r)
+        return luaL_error(L, "the replay window is closed");
+    char why[256];
+    int fresh = ss_replay_check(lr->r, producer, seq, why, sizeof why);
+    if (fresh < 0)
+        return luaL_error(L, "%s", why);
+    lua_pushboolean(L, fresh);
+    if (fresh)
+        return 1;
+    lua_pushstring(L, why);
+    return 2;
+}
+
+static int replay_close(lua_State *L)
+{
+    lreplay *lr = luaL_checkudata(L, 1, REPLAY_MT);
+    ss_replay_destroy(&lr->r);
+    return 0;
+}
+
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
@@ -985,7 +1032,7 @@ int luaopen_securestreams_net(lua_State *L)
         { "now", net_now }, { "ready", net_ready }, { "key", net_key },
         { "open_record", net_open_record }, { "raw", net_raw }, { "decode", net_decode },
         { "seal_batch", net_seal_batch }, { "open_batch", net_open_batch },
-        { "split_batch", net_split_batch }, { NULL, NULL } };
+        { "split_batch", net_split_batch }, { "replay", net_replay }, { NULL, NULL } };
     new_class(L, CONSUMER_MT, consumer_m, consumer_close);
     new_class(L, PRODUCER_MT, producer_m, producer_close);
     new_class(L, WRITER_MT, writer_m, writer_gc);
@@ -995,6 +1042,8 @@ int luaopen_securestreams_net(lua_State *L)
                                       { "endpoint", raw_endpoint }, { "close", raw_close },
                                       { NULL, NULL } };
     new_class(L, RAW_MT, raw_m, raw_close);
+    static const luaL_Reg replay_m[] = { { "check", replay_check }, { NULL, NULL } };
+    new_class(L, REPLAY_MT, replay_m, replay_close);
     luaL_newlib(L, funcs);
     lua_pushinteger(L, SS_BATCH_BYTES);
     lua_setfield(L, -2, "BATCH_BYTES");

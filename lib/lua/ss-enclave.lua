@@ -1,6 +1,6 @@
--- ss-enclave: the stage driver inside an enclave (enclave.c, docs/enclave.md).
+-- ss-enclave: the stage driver inside an enclave (enclave/core.c, docs/enclave.md).
 --
--- enclave.c loads this chunk into the enclave's restricted Lua state with a
+-- The core loads this chunk into the enclave's restricted Lua state with a
 -- table of host functions and drives it; user code cannot require it. It is
 -- the worker loop of zmq-rx.lua without the sockets: a stage script
 -- `return function(stream) ... end` is run once, at start-up, on an input

@@ -122,32 +122,12 @@ local function rejecter(stats)
   -- producer's newest are remembered, older ones are refused, so memory
   -- stays bounded however long the stream.
   local function fresh(producer, seq)
-    local s = seen[producer]
-    if not s then
-      s = { top = seq, low = seq - REPLAY_WINDOW, set = {} }
-      seen[producer] = s
-    end
-    if seq >= s.top then
-      s.top = seq + 1
-      local floor = s.top - REPLAY_WINDOW
-      if floor > s.low then
-        if floor - s.low >= REPLAY_WINDOW then
-          s.set = {}
-        else
-          local set = s.set
-          for q = s.low, floor - 1 do set[q] = nil end
-        end
-        s.low = floor
-      end
-    elseif seq < s.low then
-      reject(('too old to tell from a replay (more than %d batches behind its producer\'s newest)')
-        :format(REPLAY_WINDOW), producer, seq)
-      return false
-    elseif s.set[seq] then
-      reject('replayed (already received from this producer)', producer, seq)
+    seen.window = seen.window or net.replay()
+    local ok, why = seen.window:check(producer, seq)
+    if not ok then
+      reject(why, producer, seq)
       return false
     end
-    s.set[seq] = true
     return true
   end
   return reject, fresh

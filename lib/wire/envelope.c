@@ -8,7 +8,6 @@
 #include <string.h>
 
 #define AD_MAX (SS_HEADER_SIZE + SS_MAX_MESSAGE)
-#define RECORD_AD "securestreams record "
 
 struct ss_envelope {
     ss_key_t key;
@@ -123,7 +122,7 @@ ss_err ss_envelope_open(ss_envelope_t *e, const uint8_t *header_bytes, const voi
 
 static size_t record_ad(char *ad, size_t cap, const char *context)
 {
-    int n = snprintf(ad, cap, "%s%s", RECORD_AD, context);
+    int n = snprintf(ad, cap, "%s%s", SS_RECORD_AD, context);
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
