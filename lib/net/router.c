@@ -30,7 +30,6 @@
 #include "net/router.h"
 
 #include "crypto/curve.h"
-#include "net/link.h"
 #include "net/router_state.h"
 
 #include <errno.h>
@@ -1084,7 +1083,7 @@ ss_err ss_router_state_new(const ss_router_opts *o, uint64_t self_id,
     s->stream = o->stream;
     s->self_id = self_id;
     s->max_bytes = o->max_bytes;
-    s->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 250;
+    s->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : SS_DEFAULT_HEARTBEAT_MS;
     s->liveness_ms = o->liveness_ms > s->heartbeat_ms ? o->liveness_ms : 2 * s->heartbeat_ms;
     msgpack_sbuffer_init(&s->stats);
     for (int i = 0; i < 3; i++)
@@ -1165,8 +1164,8 @@ void ss_router_opts_init(ss_router_opts *o)
     o->name = "router";
     o->stream = SS_DEFAULT_STREAM;
     o->max_bytes = (size_t)64 << 20;
-    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", 10000);
+    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", SS_DEFAULT_HEARTBEAT_MS);
+    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", SS_DEFAULT_LIVENESS_MS);
     o->linger_ms = 0;
 }
 
