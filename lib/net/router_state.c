@@ -797,54 +797,56 @@ static void on_eos(ss_router_state_t *s, member *m, uint64_t pubseq, const ss_he
 
 /* ---- input ---- */
 
-static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_msg_t *parts,
-                       size_t nparts)
+/* The checks every PUBLISH passes: frame count, size, header, stream id,
+ * lineage. 0 with *h, *bytes and *nids filled, or -1 once the batch was
+ * refused (and receipted so). */
+static int check_publish(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_msg_t *parts,
+                         size_t nparts, ss_header_t *h, size_t *bytes, size_t *nids)
 {
     if (nparts != 3) {
-        refuse_batch(s, m, l->tag, "%zu frames after the link frame, not 3", nparts);
-        return;
+        refuse_batch(s, m, pubseq, "%zu frames after the link frame, not 3", nparts);
+        return -1;
     }
-    size_t bytes = zmq_msg_size(&parts[0]) + zmq_msg_size(&parts[1]) + zmq_msg_size(&parts[2]);
-    if (bytes > SS_MAX_MESSAGE) {
-        refuse_batch(s, m, l->tag, "%zu bytes, more than the %u-byte limit", bytes,
+    *bytes = zmq_msg_size(&parts[0]) + zmq_msg_size(&parts[1]) + zmq_msg_size(&parts[2]);
+    if (*bytes > SS_MAX_MESSAGE) {
+        refuse_batch(s, m, pubseq, "%zu bytes, more than the %u-byte limit", *bytes,
                      (unsigned)SS_MAX_MESSAGE);
-        return;
+        return -1;
     }
-    ss_header_t h;
-    if (ss_header_decode(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), &h) != SS_OK) {
-        refuse_batch(s, m, l->tag, "malformed stream header (%zu bytes)", zmq_msg_size(&parts[0]));
-        return;
+    if (ss_header_decode(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), h) != SS_OK) {
+        refuse_batch(s, m, pubseq, "malformed stream header (%zu bytes)", zmq_msg_size(&parts[0]));
+        return -1;
     }
-    if (h.stream != s->stream) {
-        refuse_batch(s, m, l->tag, "stream id 0x%08x is not this pipeline's 0x%08x", h.stream,
+    if (h->stream != s->stream) {
+        refuse_batch(s, m, pubseq, "stream id 0x%08x is not this pipeline's 0x%08x", h->stream,
                      s->stream);
-        return;
+        return -1;
     }
-    size_t nids;
-    const void *lin = zmq_msg_data(&parts[1]);
-    if (ss_lineage_check(lin, zmq_msg_size(&parts[1]), &nids) != SS_OK) {
-        refuse_batch(s, m, l->tag, "lineage frame of %zu bytes is not sorted 16-byte ids",
+    if (ss_lineage_check(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), nids) != SS_OK) {
+        refuse_batch(s, m, pubseq, "lineage frame of %zu bytes is not sorted 16-byte ids",
                      zmq_msg_size(&parts[1]));
-        return;
+        return -1;
     }
-    if (h.type == SS_MSG_EOS) {
-        on_eos(s, m, l->tag, &h, &parts[2]);
-        return;
-    }
-    if (s->phase != PHASE_RUNNING) {
-        refuse_batch(s, m, l->tag, "data after end of stream");
-        return;
-    }
+    return 0;
+}
+
+/* A DATA batch that passed the checks: dropped as a duplicate when its
+ * lineage overlaps what was accepted, else queued (its frames moved out of
+ * parts) and its ids remembered. Receipted either way. */
+static void accept_data(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_msg_t *parts,
+                        size_t bytes, size_t nids)
+{
+    const void *lin = zmq_msg_data(&parts[1]);
     for (size_t i = 0; i < nids; i++) {
         if (idset_has(&s->seen, ss_lineage_get(lin, i))) {
             s->st.duplicates++;
-            receipt_send(s, m, l->tag, 0);
+            receipt_send(s, m, pubseq, 0);
             return;
         }
     }
     batch *b = NULL;
     if (idset_reserve(&s->seen, nids) != 0 || !(b = batch_new(s))) {
-        refuse_batch(s, m, l->tag, "out of memory (lineage set or batch record)");
+        refuse_batch(s, m, pubseq, "out of memory (lineage set or batch record)");
         return;
     }
     for (size_t i = 0; i < nids; i++)
@@ -857,7 +859,22 @@ static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_
     s->st.bytes_held += bytes;
     if (s->st.bytes_held > s->st.bytes_held_max)
         s->st.bytes_held_max = s->st.bytes_held;
-    receipt_send(s, m, l->tag, 0);
+    receipt_send(s, m, pubseq, 0);
+}
+
+static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_msg_t *parts,
+                       size_t nparts)
+{
+    ss_header_t h;
+    size_t bytes, nids;
+    if (check_publish(s, m, l->tag, parts, nparts, &h, &bytes, &nids) != 0)
+        return;
+    if (h.type == SS_MSG_EOS)
+        on_eos(s, m, l->tag, &h, &parts[2]);
+    else if (s->phase != PHASE_RUNNING)
+        refuse_batch(s, m, l->tag, "data after end of stream");
+    else
+        accept_data(s, m, l->tag, parts, bytes, nids);
 }
 
 static void on_ack(ss_router_state_t *s, member *c, uint64_t tag)
@@ -877,6 +894,41 @@ static void on_ack(ss_router_state_t *s, member *c, uint64_t tag)
     }
     ss_log_limited(&s->log_odd, LOG_LIMIT, "consumer %s acknowledged unknown delivery tag %llu",
                    c->name, (unsigned long long)tag);
+}
+
+/* A new member from a JOIN that was accepted: its routing id, its id and
+ * its printable name (the JOIN's second frame, else the id in hex). NULL
+ * when memory is out. */
+static member *member_new(ss_router_state_t *s, int side, const void *ident, size_t idlen,
+                          uint64_t id, zmq_msg_t *name_frame)
+{
+    if (s->nmem == s->capmem) {
+        size_t cap = s->capmem ? 2 * s->capmem : 16;
+        member **mm = realloc(s->mem, cap * sizeof *mm);
+        if (!mm)
+            return NULL;
+        s->mem = mm;
+        s->capmem = cap;
+    }
+    member *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->side = side;
+    m->idlen = (uint8_t)idlen;
+    memcpy(m->ident, ident, idlen);
+    m->id = id;
+    size_t n = 0;
+    if (name_frame) {
+        const char *name = zmq_msg_data(name_frame);
+        size_t len = zmq_msg_size(name_frame);
+        for (size_t i = 0; i < len && n + 1 < sizeof m->name; i++)
+            m->name[n++] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?';
+    }
+    if (n == 0)
+        snprintf(m->name, sizeof m->name, "%016llx", (unsigned long long)m->id);
+    m->heard = m->sent = s->now;
+    s->mem[s->nmem++] = m;
+    return m;
 }
 
 static void on_join(ss_router_state_t *s, int side, const void *ident, size_t idlen,
@@ -903,35 +955,11 @@ static void on_join(ss_router_state_t *s, int side, const void *ident, size_t id
         refuse(s, side, ident, idlen, "JOIN beyond %d members", MAX_MEMBERS);
         return;
     }
-    if (s->nmem == s->capmem) {
-        size_t cap = s->capmem ? 2 * s->capmem : 16;
-        member **mm = realloc(s->mem, cap * sizeof *mm);
-        if (!mm) {
-            refuse(s, side, ident, idlen, "out of memory for a new member");
-            return;
-        }
-        s->mem = mm;
-        s->capmem = cap;
-    }
-    member *m = calloc(1, sizeof *m);
+    member *m = member_new(s, side, ident, idlen, l->tag, nparts == 2 ? &parts[1] : NULL);
     if (!m) {
         refuse(s, side, ident, idlen, "out of memory for a new member");
         return;
     }
-    m->side = side;
-    m->idlen = (uint8_t)idlen;
-    memcpy(m->ident, ident, idlen);
-    m->id = l->tag;
-    size_t n = 0;
-    if (nparts == 2) {
-        const char *name = zmq_msg_data(&parts[1]);
-        size_t len = zmq_msg_size(&parts[1]);
-        for (size_t i = 0; i < len && n + 1 < sizeof m->name; i++)
-            m->name[n++] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?';
-    }
-    if (n == 0)
-        snprintf(m->name, sizeof m->name, "%016llx", (unsigned long long)m->id);
-    m->heard = m->sent = s->now;
     if (side == SS_SIDE_FRONTEND) {
         known *k = find_known(s, m->id, 1);
         if (k)
@@ -939,7 +967,6 @@ static void on_join(ss_router_state_t *s, int side, const void *ident, size_t id
     } else if (s->phase != PHASE_RUNNING) {
         m->eos = EOS_PENDING;   /* late: gets the EOS flagged LATE */
     }
-    s->mem[s->nmem++] = m;
     ss_log_info("%s %s (id %016llx) joined", role_name(side), m->name, (unsigned long long)m->id);
     emit(s, m, SS_LINK_WELCOME, 0, 0, s->self_id, NULL);
 }
