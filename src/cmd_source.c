@@ -18,7 +18,9 @@
 #include "crypto/crypto.h"
 #include "crypto/sealed.h"
 #include "wire/envelope.h"
+#include "wire/eos.h"
 #include "wire/frame.h"
+#include "wire/pack.h"
 #include "net/link.h"
 
 #include <errno.h>
@@ -80,79 +82,72 @@ static ss_err publish(source_t *s)
     return SS_OK;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
-
-static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
-{
-    pack_str(pk, k);
-    msgpack_pack_uint64(pk, v);
-}
-
 /* EOS payload: {members = {id}, stats = {[hex id] = record}} where the record
  * is the statistics map, or {sealed = ..., n = seq} in the encrypted mode
  * (docs/protocol.md, docs/crypto.md). */
 static ss_err publish_eos(source_t *s, const char *name)
 {
-    msgpack_sbuffer sb, rec;
-    msgpack_packer pk, rk;
-    char hex[24];
+    ss_growbuf rec;
+    msgpack_packer rk;
+    ss_eos_writer w;
+    char hex[SS_EOS_ID_HEX + 1], err[256];
     ss_err e = SS_OK;
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)s->id);
-    msgpack_sbuffer_init(&rec);
-    msgpack_packer_init(&rk, &rec, msgpack_sbuffer_write);
+    ss_eos_id_hex(s->id, hex);
+    ss_growbuf_init(&rec, &rk, SS_EOS_MAX_BYTES);
     msgpack_pack_map(&rk, 12);
-    pack_str(&rk, "stage");
-    pack_str(&rk, "source");
-    pack_str(&rk, "name");
-    pack_str(&rk, name);
-    pack_kv_u64(&rk, "pos", 0);
-    pack_kv_u64(&rk, "in", s->lines);
-    pack_kv_u64(&rk, "out", s->records);
-    pack_kv_u64(&rk, "skipped", s->skipped);
-    pack_kv_u64(&rk, "refused", 0);
-    pack_kv_u64(&rk, "rejected", 0);
-    pack_kv_u64(&rk, "batches", s->sent);
-    pack_kv_u64(&rk, "lineage_source", s->lineage_source);
-    pack_kv_u64(&rk, "first_seq", s->first_seq);
-    pack_str(&rk, "t0");
+    ss_pack_str(&rk, "stage");
+    ss_pack_str(&rk, "source");
+    ss_pack_str(&rk, "name");
+    ss_pack_str(&rk, name);
+    ss_pack_kv_u64(&rk, "pos", 0);
+    ss_pack_kv_u64(&rk, "in", s->lines);
+    ss_pack_kv_u64(&rk, "out", s->records);
+    ss_pack_kv_u64(&rk, "skipped", s->skipped);
+    ss_pack_kv_u64(&rk, "refused", 0);
+    ss_pack_kv_u64(&rk, "rejected", 0);
+    ss_pack_kv_u64(&rk, "batches", s->sent);
+    ss_pack_kv_u64(&rk, "lineage_source", s->lineage_source);
+    ss_pack_kv_u64(&rk, "first_seq", s->first_seq);
+    ss_pack_str(&rk, "t0");
     msgpack_pack_double(&rk, s->t0);
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    pack_str(&pk, "members");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, s->id);
-    pack_str(&pk, "stats");
-    msgpack_pack_map(&pk, 1);
-    pack_str(&pk, hex);
+    ss_eos_writer_init(&w, 0);
+    if (rec.over || rec.nomem) {
+        ss_log("error: the source's statistics record does not fit an end of stream");
+        e = rec.over ? SS_ERR_TOOBIG : SS_ERR_NOMEM;
+        goto out;
+    }
+    ss_eos_writer_begin(&w, &s->id, 1, 1);
+    ss_eos_writer_key(&w, s->id);
     uint64_t seq = s->seq++;
     if (s->env) {
         const uint8_t *sealed;
         size_t slen;
-        if ((e = ss_envelope_seal_record(s->env, seq, hex, rec.data, rec.size, &sealed, &slen)) != SS_OK)
+        if ((e = ss_envelope_seal_record(s->env, seq, hex, rec.data, rec.len, &sealed, &slen)) != SS_OK)
             goto out;
-        msgpack_pack_map(&pk, 2);
-        pack_str(&pk, "sealed");
-        msgpack_pack_bin(&pk, slen);
-        msgpack_pack_bin_body(&pk, sealed, slen);
-        pack_kv_u64(&pk, "n", seq);
+        msgpack_packer *pk = ss_eos_writer_packer(&w);
+        msgpack_pack_map(pk, 2);
+        ss_pack_str(pk, "sealed");
+        msgpack_pack_bin(pk, slen);
+        msgpack_pack_bin_body(pk, sealed, slen);
+        ss_pack_kv_u64(pk, "n", seq);
         seq = s->seq++;
     } else {
-        msgpack_sbuffer_write(&sb, rec.data, rec.size);
+        ss_eos_writer_raw(&w, rec.data, rec.len);
+    }
+    const uint8_t *payload;
+    size_t len;
+    if ((e = ss_eos_writer_finish(&w, &payload, &len, err, sizeof err)) != SS_OK) {
+        ss_log("error: %s", err);
+        goto out;
     }
     ss_header_t h = { .type = SS_MSG_EOS, .stream = s->stream, .producer = s->id,
                       .seq = seq, .count = 1 };
     uint64_t pubseq;
-    e = ss_producer_publish(s->producer, &h, "", 0, sb.data, sb.size, &pubseq);
+    e = ss_producer_publish(s->producer, &h, "", 0, payload, len, &pubseq);
 out:
-    msgpack_sbuffer_destroy(&sb);
-    msgpack_sbuffer_destroy(&rec);
+    ss_eos_writer_cleanup(&w);
+    ss_growbuf_cleanup(&rec);
     return e;
 }
 

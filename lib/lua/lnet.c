@@ -10,6 +10,7 @@
  */
 #include "wire/codec.h"
 #include "wire/envelope.h"
+#include "wire/eos.h"
 #include "wire/frame.h"
 #include "wire/replay.h"
 #include "net/link.h"
@@ -715,26 +716,95 @@ static int producer_publish(lua_State *L)
     return publish(L, lp, &h, lineage, llen, payload, plen);
 }
 
-/* p:publish_eos(table) -> pubseq; table = {members = {...}, stats = {...}} */
+/* The members of an EOS table (at idx) as ids, in a userdata left on the
+ * stack; raises a Lua error when they are not a list of integers. */
+static uint64_t *eos_members(lua_State *L, int idx, size_t *n)
+{
+    if (lua_getfield(L, idx, SS_EOS_MEMBERS) != LUA_TTABLE)
+        luaL_error(L, "end of stream: members must be a list of ids, not %s", luaL_typename(L, -1));
+    lua_Integer len = luaL_len(L, -1);
+    if (len < 0 || (lua_Unsigned)len > SS_EOS_MAX_BYTES)
+        luaL_error(L, "end of stream: %I members is out of range", len);
+    uint64_t *ids = lua_newuserdatauv(L, (size_t)(len ? len : 1) * sizeof *ids, 0);
+    for (lua_Integer i = 1; i <= len; i++) {
+        int isint;
+        lua_geti(L, -2, i);
+        ids[i - 1] = (uint64_t)lua_tointegerx(L, -1, &isint);
+        if (!isint)
+            luaL_error(L, "end of stream: members[%I] is not an integer id", i);
+        lua_pop(L, 1);
+    }
+    lua_remove(L, -2);
+    *n = (size_t)len;
+    return ids;
+}
+
+/* Append the entries of the stats table at idx, each key and value encoded
+ * as the codec encodes them. Raises no Lua error (raw access only): SS_OK,
+ * or the codec's error. */
+static ss_err eos_stats(lua_State *L, int idx, ss_eos_writer *w)
+{
+    ss_err e = SS_OK;
+    lua_pushnil(L);
+    while (e == SS_OK && lua_next(L, idx)) {
+        char *key = NULL, *val = NULL;
+        size_t klen, vlen;
+        e = ss_codec_encode(L, -2, &key, &klen);
+        if (e == SS_OK && (e = ss_codec_encode(L, -1, &val, &vlen)) == SS_OK)
+            ss_eos_writer_entry(w, key, klen, val, vlen);
+        free(key);
+        free(val);
+        lua_pop(L, 1);
+    }
+    if (e != SS_OK)
+        lua_pop(L, 1);   /* the key lua_next left */
+    return e;
+}
+
+/* p:publish_eos(table) -> pubseq; table = {members = {...}, stats = {...}}:
+ * the end-of-stream map (wire/eos.h), members first. */
 static int producer_publish_eos(lua_State *L)
 {
     lproducer *lp = check_producer(L);
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_getfield(L, 2, "members");
-    ss_header_t h = { .type = SS_MSG_EOS, .count = (uint32_t)luaL_len(L, -1) };
-    lua_pop(L, 1);
-    char *buf;
+    size_t n;
+    const uint64_t *ids = eos_members(L, 2, &n);
+    int t = lua_getfield(L, 2, SS_EOS_STATS);
+    if (t != LUA_TNIL && t != LUA_TTABLE)
+        return luaL_error(L, "end of stream: stats must be a table, not %s", luaL_typename(L, -1));
+    int stats = lua_gettop(L);
+    uint32_t nstats = 0;
+    if (t == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, stats)) {
+            nstats++;
+            lua_pop(L, 1);
+        }
+    }
+    /* From here to the end no Lua error is raised until the writer is released. */
+    ss_eos_writer w;
+    char why[256];
+    const uint8_t *buf;
     size_t len;
-    if (ss_codec_encode(L, 2, &buf, &len) != SS_OK)
-        return luaL_error(L, "cannot encode end-of-stream statistics");
     uint64_t pubseq;
-    h.stream = lp->stream;
-    h.producer = lp->id;
-    h.seq = lp->seq;
-    ss_err e = ss_producer_publish(lp->p, &h, "", 0, buf, len, &pubseq);
-    free(buf);
+    ss_eos_writer_init(&w, 0);
+    ss_eos_writer_begin(&w, ids, n, nstats);
+    ss_err e = t == LUA_TTABLE ? eos_stats(L, stats, &w) : SS_OK;
+    if (e == SS_OK)
+        e = ss_eos_writer_finish(&w, &buf, &len, why, sizeof why);
+    else
+        ss_say(why, sizeof why, "%s", ss_strerror(e));
+    ss_err pe = SS_OK;
+    if (e == SS_OK) {
+        ss_header_t h = { .type = SS_MSG_EOS, .count = (uint32_t)n, .stream = lp->stream,
+                          .producer = lp->id, .seq = lp->seq };
+        pe = ss_producer_publish(lp->p, &h, "", 0, buf, len, &pubseq);
+    }
+    ss_eos_writer_cleanup(&w);
     if (e != SS_OK)
-        return luaL_error(L, "publishing end of stream: %s", ss_strerror(e));
+        return luaL_error(L, "cannot encode end-of-stream statistics: %s", why);
+    if (pe != SS_OK)
+        return luaL_error(L, "publishing end of stream: %s", ss_strerror(pe));
     lp->seq++;
     lua_pushinteger(L, (lua_Integer)pubseq);
     return 1;

@@ -38,6 +38,8 @@
 #define READ_BURST 256       /* messages handled per read, so callers regain control */
 #define LOG_LIMIT 10         /* first occurrences of each odd event that are logged */
 #define MAX_WINDOW 1024      /* bound on either window (the consumer buffers that many) */
+#define PRODUCER_WINDOW 8    /* default: unreceipted batches in flight */
+#define CONSUMER_WINDOW 2    /* default: deliveries prefetched */
 #define LINK_HANDSHAKE_MS 5000  /* CurveZMQ: a handshake not done by then is retried */
 #define JOIN_EVENTS (ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED \
                      | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL \
@@ -81,8 +83,8 @@ void ss_link_opts_init(ss_link_opts *o)
     o->name = NULL;
     o->stream = SS_DEFAULT_STREAM;
     o->window = 0;
-    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", 250);
-    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", 10000);
+    o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", SS_DEFAULT_HEARTBEAT_MS);
+    o->liveness_ms = ss_env_int("SS_LIVENESS_MS", SS_DEFAULT_LIVENESS_MS);
     o->join_timeout_ms = ss_env_int("SS_JOIN_TIMEOUT_MS", 10000);
     const char *key = getenv("SS_CURVE_KEY"), *server = getenv("SS_CURVE_SERVER");
     o->curve_key = key && *key ? key : NULL;
@@ -144,7 +146,7 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
     else
         snprintf(p->name, sizeof p->name, "%s %016llx", role, (unsigned long long)p->id);
     p->stream = o->stream;
-    p->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 250;
+    p->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : SS_DEFAULT_HEARTBEAT_MS;
     p->liveness_ms = o->liveness_ms > 0 ? o->liveness_ms : 3000;
     if (p->liveness_ms <= p->heartbeat_ms)
         p->liveness_ms = 2 * p->heartbeat_ms;
@@ -474,7 +476,8 @@ ss_err ss_producer_new(void *zctx, const char *addr, const ss_link_opts *o,
         free(pr);
         return rc;
     }
-    pr->p.window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW) : 8;
+    pr->p.window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW)
+                           : PRODUCER_WINDOW;
     pr->on_receipt = receipt;
     pr->arg = arg;
     pr->p.ticked = ss_now_ms();
@@ -699,7 +702,8 @@ ss_err ss_consumer_new(void *zctx, const char *addr, const ss_link_opts *o,
     *out = NULL;
     ss_consumer_t *c = calloc(1, sizeof *c);
     ss_err rc = SS_ERR_NOMEM;
-    unsigned window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW) : 2;
+    unsigned window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW)
+                               : CONSUMER_WINDOW;
     if (!c)
         goto nomem;
     c->nslots = window + 1;

@@ -15,16 +15,6 @@
 
 #include "wire/frame.h"
 
-/* Link-frame flag on RECEIPT: the router did not store the batch (malformed,
- * oversized, another stream, or after end of stream); it logged why. */
-#define SS_LINK_REFUSED 0x4
-
-/* Prefix byte of the ZMQ_ROUTING_ID a link sets: 'S' then the 8-byte id
- * (little-endian). Routing ids starting with a zero byte are reserved by
- * libzmq, so the id alone could not be used. */
-#define SS_ROUTING_ID_PREFIX 'S'
-#define SS_ROUTING_ID_SIZE 9
-
 typedef struct {
     uint64_t id;          /* this peer's id (0: a random one) */
     const char *name;     /* for logs: "mapper#2"; copied */

@@ -1,6 +1,6 @@
 /*
  * router_state.h - the router's protocol state machine, without sockets
- * (internal to router.c and its tests).
+ * (router_state.c; internal to the router and its tests).
  *
  * The state takes decoded input -- "peer P on side S sent these frames at
  * time T" -- and answers through one send callback; router.c binds it to two

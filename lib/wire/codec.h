@@ -7,10 +7,12 @@
  * onto a Lua stack.
  *
  * Mapping: nil, booleans, integers (msgpack int), floats (float64), strings
- * (str, or bin when not valid UTF-8 is irrelevant: always str), tables with
- * keys exactly 1..n as arrays (n >= 1), other tables as maps; an empty table
- * is an empty map. Functions, userdata, threads and tables nested deeper than
- * 64 levels or containing cycles are refused with SS_ERR_FORMAT.
+ * (always str, whatever their bytes: they are not checked for UTF-8 and bin
+ * is never written; the reader turns both str and bin into Lua strings),
+ * tables with keys exactly 1..n as arrays (n >= 1), other tables as maps; an
+ * empty table is an empty map. Functions, userdata, threads and tables
+ * nested deeper than 64 levels or containing cycles are refused with
+ * SS_ERR_FORMAT.
  */
 #ifndef SS_CODEC_H
 #define SS_CODEC_H

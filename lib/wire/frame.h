@@ -1,7 +1,12 @@
 /*
- * frame.h - the wire format of docs/protocol.md: the 16-byte link frame that
- * opens every message, and the 40-byte stream header plus lineage frame that
- * travel end to end with each batch.
+ * frame.h - THE wire format of docs/protocol.md: every constant and layout
+ * that travels between components is defined here, and only here. The
+ * 16-byte link frame that opens every message (kinds, flags, roles), the
+ * routing id a link sets, the 40-byte stream header plus lineage frame that
+ * travel end to end with each batch (types, flags), the size bounds, the keys
+ * of the end-of-stream map (built and read by wire/eos.h), and the protocol's
+ * timing defaults that both sides of a link must agree on. net/link.h and
+ * net/router.h keep only their APIs.
  *
  * Encoding never fails (fixed sizes, caller-provided storage). Decoding checks
  * the size and version and returns SS_ERR_FORMAT for anything else, so data
@@ -12,13 +17,27 @@
 
 #include "base/common.h"
 
-#define SS_WIRE_VERSION 1
+/* ---- sizes and bounds ---- */
+#define SS_WIRE_VERSION 1             /* first byte of link frames and stream headers */
 #define SS_LINK_SIZE 16
 #define SS_HEADER_SIZE 40
-#define SS_LINEAGE_ENTRY 16
-#define SS_MAX_MESSAGE (16u << 20)   /* ZMQ_MAXMSGSIZE on every socket */
-#define SS_BATCH_BYTES (1u << 20)    /* default batch size */
+#define SS_LINEAGE_ENTRY 16           /* one (source, seq) pair of a lineage frame */
+#define SS_MAX_MESSAGE (16u << 20)    /* header + lineage + payload; ZMQ_MAXMSGSIZE of links */
+#define SS_BATCH_BYTES (1u << 20)     /* default batch size */
 #define SS_DEFAULT_STREAM 0x53530001u /* pipeline id when none is given (env SS_STREAM) */
+
+/* ---- protocol timing (docs/protocol.md, "Router rules" 1) ---- */
+#define SS_DEFAULT_HEARTBEAT_MS 250   /* send a HEARTBEAT after this long without sending */
+#define SS_DEFAULT_LIVENESS_MS 10000  /* a peer or router silent this long is dead */
+
+/* ---- routing id ----
+ * The ZMQ_ROUTING_ID a link sets: the prefix byte 'S' then the 8-byte peer
+ * id (little-endian). Routing ids starting with a zero byte are reserved by
+ * libzmq, so the id alone could not be used. */
+#define SS_ROUTING_ID_PREFIX 'S'
+#define SS_ROUTING_ID_SIZE 9
+
+/* ---- link frame ---- */
 
 typedef enum {
     SS_LINK_JOIN = 1,
@@ -32,9 +51,15 @@ typedef enum {
     SS_LINK_LEAVE = 9,
 } ss_link_kind;
 
-#define SS_LINK_REDELIVERED 0x1
-#define SS_LINK_LATE 0x2
+/* Link-frame flags. */
+#define SS_LINK_REDELIVERED 0x1   /* DELIVER: the batch went back to the queue once */
+#define SS_LINK_LATE 0x2          /* DELIVER of an EOS: the consumer joined after the end;
+                                     it must not forward it */
+#define SS_LINK_REFUSED 0x4       /* RECEIPT: the router did not store the batch (malformed,
+                                     oversized, another stream, or after end of stream);
+                                     it logged why */
 
+/* Roles, in `n` of a JOIN. */
 #define SS_ROLE_PRODUCER 1
 #define SS_ROLE_CONSUMER 2
 
@@ -45,9 +70,10 @@ typedef struct {
     uint64_t tag;    /* peer id, publish sequence or delivery tag */
 } ss_link_t;
 
+/* ---- stream header ---- */
 typedef enum { SS_MSG_DATA = 1, SS_MSG_EOS = 2 } ss_msg_type;
 
-#define SS_HDR_SEALED 0x1
+#define SS_HDR_SEALED 0x1   /* the payload is sealed (AEAD); a router refuses a sealed EOS */
 
 typedef struct {
     uint8_t type;      /* ss_msg_type */
@@ -59,6 +85,17 @@ typedef struct {
     uint64_t origin;   /* input line of the first event, for source batches */
 } ss_header_t;
 
+/* ---- end-of-stream map ----
+ * The payload of an EOS: a MessagePack map {members = [u64...], stats =
+ * {[id in hex] = record}} (wire/eos.h builds and reads it). It is never
+ * sealed, its lineage frame is empty, so it is bounded by what is left of a
+ * message after the header. */
+#define SS_EOS_MEMBERS "members"
+#define SS_EOS_STATS "stats"
+#define SS_EOS_ID_HEX 16          /* hex digits of a component id as a stats key */
+#define SS_EOS_MAX_BYTES (SS_MAX_MESSAGE - SS_HEADER_SIZE)
+
+/* ---- lineage frame ---- */
 typedef struct {
     uint64_t source; /* id of the source that read the batch */
     uint64_t seq;    /* that source's batch number */

@@ -3,6 +3,7 @@
  */
 #include "wire/pack.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void ss_fixbuf_init(ss_fixbuf *b, msgpack_packer *pk, void *storage, size_t cap)
@@ -24,6 +25,48 @@ int ss_fixbuf_write(void *data, const char *p, size_t n)
     memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;
+}
+
+void ss_growbuf_init(ss_growbuf *b, msgpack_packer *pk, size_t limit)
+{
+    memset(b, 0, sizeof *b);
+    b->limit = limit;
+    if (pk)
+        msgpack_packer_init(pk, b, ss_growbuf_write);
+}
+
+int ss_growbuf_write(void *data, const char *p, size_t n)
+{
+    ss_growbuf *b = data;
+    if (n == 0)
+        return 0;
+    if (n > b->limit - b->len) {
+        b->over = 1;
+        return -1;
+    }
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : b->limit < 256 ? b->limit : 256;
+        while (cap - b->len < n)
+            cap = cap > b->limit / 2 ? b->limit : 2 * cap;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d) {
+            b->nomem = 1;
+            return -1;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void ss_growbuf_cleanup(ss_growbuf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->cap = b->len = 0;
+    b->over = b->nomem = 0;
 }
 
 void ss_pack_str(msgpack_packer *pk, const char *s)

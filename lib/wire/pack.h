@@ -5,6 +5,11 @@
  * A ss_fixbuf is a fixed-size buffer that a msgpack_packer writes into: a
  * write past its capacity fails (and sets `over`), it never grows, so a map
  * that does not fit is an error the caller sees, not a reallocation.
+ *
+ * A ss_growbuf is the same for maps whose size is only bounded (end-of-stream
+ * statistics: kilobytes usually, megabytes at most): its heap storage
+ * doubles as needed up to the hard `limit` set at init, and a write past the
+ * limit fails (and sets `over`) instead of growing further.
  */
 #ifndef SS_PACK_H
 #define SS_PACK_H
@@ -24,6 +29,28 @@ typedef struct {
 void ss_fixbuf_init(ss_fixbuf *b, msgpack_packer *pk, void *storage, size_t cap);
 /* The msgpack_packer_write callback of a ss_fixbuf: 0, or -1 when full. */
 int ss_fixbuf_write(void *data, const char *p, size_t n);
+
+typedef struct {
+    uint8_t *data;     /* heap storage (NULL until the first write) */
+    size_t cap;
+    size_t len;        /* bytes written */
+    size_t limit;      /* hard bound on len */
+    int over;          /* a write would have passed the limit */
+    int nomem;         /* growing the storage failed */
+} ss_growbuf;
+
+/* An empty buffer of at most `limit` bytes, and a packer writing into it
+ * (pk may be NULL when the caller appends with ss_growbuf_write only).
+ * Nothing is allocated until the first write; release with
+ * ss_growbuf_cleanup. */
+void ss_growbuf_init(ss_growbuf *b, msgpack_packer *pk, size_t limit);
+/* The msgpack_packer_write callback of a ss_growbuf: 0, or -1 when the
+ * bytes would pass the limit (over) or memory is out (nomem); the buffer is
+ * unchanged then. */
+int ss_growbuf_write(void *data, const char *p, size_t n);
+/* Frees the storage and empties the buffer (the limit stays). Accepts a
+ * buffer that never allocated. */
+void ss_growbuf_cleanup(ss_growbuf *b);
 
 /* A NUL-terminated string as a MessagePack str. */
 void ss_pack_str(msgpack_packer *pk, const char *s);
