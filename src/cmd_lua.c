@@ -48,8 +48,10 @@ int ss_cmd_lua(int argc, char **argv)
     rc = SS_EXIT_OK;
     if (code && (luaL_loadstring(L, code) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK))
         rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", lua_tostring(L, -1));
-    if (rc == SS_EXIT_OK && nargs > 0)
-        rc = ss_lua_run_file(L, args[0], nargs - 1, args + 1) ? SS_EXIT_ERROR : SS_EXIT_OK;
+    char err[4096];
+    if (rc == SS_EXIT_OK && nargs > 0
+        && ss_lua_run_file(L, args[0], nargs - 1, args + 1, err, sizeof err) != SS_OK)
+        rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", err);
     ss_lua_close(L);
 out:
     free(args);

@@ -24,10 +24,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#ifndef SS_DEFAULT_STREAM
-#define SS_DEFAULT_STREAM 0x53530001u
-#endif
-
 #define CONSUMER_MT "securestreams.consumer"
 #define PRODUCER_MT "securestreams.producer"
 #define WRITER_MT "securestreams.writer"
@@ -44,17 +40,21 @@ static void *context(lua_State *L)
     return zctx;
 }
 
-static uint32_t stream_from_env(void)
+/* The pipeline id (SS_STREAM); a malformed one is a Lua error naming it. */
+static uint32_t stream_from_env(lua_State *L)
 {
-    const char *s = getenv("SS_STREAM");
-    return s && *s ? (uint32_t)strtoul(s, NULL, 0) : SS_DEFAULT_STREAM;
+    uint32_t stream;
+    char err[160];
+    if (ss_stream_from_env(&stream, err, sizeof err) != SS_OK)
+        luaL_error(L, "%s", err);
+    return stream;
 }
 
 /* Read {name=, id=, stream=, window=} at index idx into o. */
 static void read_opts(lua_State *L, int idx, ss_link_opts *o, char *name, size_t namelen)
 {
     ss_link_opts_init(o);
-    o->stream = stream_from_env();
+    o->stream = stream_from_env(L);
     if (lua_isnoneornil(L, idx))
         return;
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -263,6 +263,7 @@ static int net_seal_batch(lua_State *L)
     uint64_t producer = (uint64_t)luaL_checkinteger(L, 3), seq = (uint64_t)luaL_checkinteger(L, 4);
     if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
         return luaL_error(L, "out of memory");
+    uint32_t stream = stream_from_env(L);   /* may raise: before anything is allocated */
     ss_batch_writer w;
     char msg[256];
     if (ss_batch_writer_init(&w, SS_MAX_MESSAGE / 2) != SS_OK)
@@ -281,7 +282,7 @@ static int net_seal_batch(lua_State *L)
     ss_batch_writer_finish(&w, &payload, &plen);
     uint8_t lineage[SS_LINEAGE_ENTRY], hdr[SS_HEADER_SIZE], llen[4];
     ss_lineage_put(lineage, 0, (ss_lineage_id){ producer, seq });
-    ss_header_t h = { .type = SS_MSG_DATA, .stream = stream_from_env(), .producer = producer,
+    ss_header_t h = { .type = SS_MSG_DATA, .stream = stream, .producer = producer,
                       .seq = seq, .count = w.count };
     const uint8_t *sealed;
     ss_err e = ss_envelope_seal(k->env, &h, lineage, sizeof lineage, payload, plen, &sealed, &slen);
@@ -988,7 +989,10 @@ static int net_ready(lua_State *L)
 {
     const char *fd = getenv("SS_READY_FD");
     if (fd && *fd) {
-        int n = atoi(fd);
+        uint64_t v;
+        if (ss_parse_u64(fd, 10, SS_NUM_PLAIN, INT32_MAX, &v) != 0)
+            return luaL_error(L, "SS_READY_FD=%s: not a file descriptor", fd);
+        int n = (int)v;
         if (write(n, "ready\n", 6) != 6)
             return luaL_error(L, "cannot report readiness on fd %d", n);
         close(n);
@@ -1121,5 +1125,7 @@ int luaopen_securestreams_net(lua_State *L)
     lua_setfield(L, -2, "REDELIVERED");
     lua_pushinteger(L, SS_LINK_LATE);
     lua_setfield(L, -2, "LATE");
+    lua_pushinteger(L, SS_MSG_EOS);
+    lua_setfield(L, -2, "MSG_EOS");
     return 1;
 }

@@ -130,27 +130,49 @@ int ss_lua_pcall(lua_State *L, int nargs, int nresults)
     return status;
 }
 
-int ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv)
+typedef struct {
+    const char *path;
+    int argc;
+    char **argv;
+} script_run;
+
+/* Protected part of ss_lua_run_file: `arg`, load, run. Returns nothing, or
+ * the message of a script that does not load (no traceback: the message
+ * says where). */
+static int run_script(lua_State *L)
 {
-    lua_createtable(L, argc, 1);
-    lua_pushstring(L, path);
+    const script_run *r = lua_touserdata(L, 1);
+    lua_settop(L, 0);
+    lua_createtable(L, r->argc, 1);
+    lua_pushstring(L, r->path);
     lua_rawseti(L, -2, 0);
-    for (int i = 0; i < argc; i++) {
-        lua_pushstring(L, argv[i]);
+    for (int i = 0; i < r->argc; i++) {
+        lua_pushstring(L, r->argv[i]);
         lua_rawseti(L, -2, i + 1);
     }
     lua_setglobal(L, "arg");
-    if (luaL_loadfilex(L, path, "t") != LUA_OK) {
-        fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
-        lua_pop(L, 1);
+    if (luaL_loadfilex(L, r->path, "t") != LUA_OK)
         return 1;
-    }
-    for (int i = 0; i < argc; i++)
-        lua_pushstring(L, argv[i]);
-    if (ss_lua_pcall(L, argc, 0) != LUA_OK) {
-        fprintf(stderr, "securestreams lua: %s\n", lua_tostring(L, -1));
-        lua_pop(L, 1);
-        return 1;
-    }
+    for (int i = 0; i < r->argc; i++)
+        lua_pushstring(L, r->argv[i]);
+    lua_call(L, r->argc, 0);
     return 0;
+}
+
+ss_err ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv, char *err,
+                       size_t errlen)
+{
+    script_run r = { path, argc, argv };
+    lua_pushcfunction(L, run_script);
+    lua_pushlightuserdata(L, &r);
+    int top = lua_gettop(L);
+    int status = ss_lua_pcall(L, 1, 1);
+    if (status != LUA_OK || !lua_isnil(L, -1)) {
+        const char *msg = lua_tostring(L, -1);
+        ss_say(err, errlen, "%s", msg ? msg : "(error object is not a string)");
+        lua_settop(L, top);
+        return SS_ERR_LUA;
+    }
+    lua_settop(L, top);
+    return SS_OK;
 }

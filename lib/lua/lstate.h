@@ -9,6 +9,8 @@
 #ifndef SS_LSTATE_H
 #define SS_LSTATE_H
 
+#include "base/common.h"
+
 #include <lua.h>
 #include <stddef.h>
 
@@ -23,9 +25,11 @@ void ss_lua_close(lua_State *L);
 int ss_lua_pcall(lua_State *L, int nargs, int nresults);
 
 /* Load and run a script file with `arg` set like the lua interpreter does
- * (arg[0] = path, arg[1..] = args). Returns 0 or prints the error (prefixed
- * with the script path) to stderr and returns 1. */
-int ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv);
+ * (arg[0] = path, arg[1..] = args), all of it in protected mode. SS_OK, or
+ * SS_ERR_LUA with the error (prefixed with the script path, with a
+ * traceback) in err. */
+ss_err ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv, char *err,
+                       size_t errlen);
 
 int luaopen_securestreams_net(lua_State *L);
 int luaopen_securestreams_enclave(lua_State *L);

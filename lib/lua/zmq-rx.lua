@@ -5,7 +5,7 @@
 --   observable:subscribeToSocket(addr [, opts])  send a stream to a router
 --   ZmqRx.sendZmqCompleted()                  kept for seed scripts (see below)
 --
--- Events travel in batches (about 64 KiB), never one message per event.
+-- Events travel in batches (about 1 MiB), never one message per event.
 -- A chain that starts at fromZmqSocket and ends at subscribeToSocket is a
 -- worker: it joins the downstream router, then the upstream one, and runs the
 -- chain once per batch (stateless chains) or once per group of batches
@@ -87,7 +87,6 @@ end
 -- plaintext in the encrypted mode are rejected: counted, the first ones
 -- logged with producer and sequence number, never processed. A batch sealed
 -- with another key means this component was given the wrong key: it stops.
-local REPLAY_WINDOW = 16384
 
 -- Sets of sequence numbers, 64 to an integer: the sink remembers every
 -- source batch it received (about 1 KiB per 500,000 batches).
@@ -95,7 +94,8 @@ local function seq_has(set, q) return set ~= nil and (set[q >> 6] or 0) & (1 << 
 local function seq_add(set, q) set[q >> 6] = (set[q >> 6] or 0) | (1 << (q & 63)) end
 
 local function rejecter(stats)
-  local logged, seen, wrong_key = 0, {}, 0
+  local logged, wrong_key = 0, 0
+  local window = net.replay()   -- the replay window the enclave uses too (wire/replay.c)
   local function reject(why, producer, seq)
     -- one batch under another key may be an intruder's; nothing but such
     -- batches means this component holds the wrong key
@@ -117,13 +117,11 @@ local function rejecter(stats)
       log('rejected batch %d of producer %s: %s', seq, net.hex(producer), why)
     end
   end
-  -- true when (producer, seq) is new; else rejects it as a replay. Like the
-  -- enclave's check: the last REPLAY_WINDOW sequence numbers below the
-  -- producer's newest are remembered, older ones are refused, so memory
-  -- stays bounded however long the stream.
+  -- true when (producer, seq) is new; else rejects it as a replay: a window
+  -- of sequence numbers below each producer's newest is remembered, older
+  -- ones are refused, so memory stays bounded however long the stream.
   local function fresh(producer, seq)
-    seen.window = seen.window or net.replay()
-    local ok, why = seen.window:check(producer, seq)
+    local ok, why = window:check(producer, seq)
     if not ok then
       reject(why, producer, seq)
       return false
@@ -502,7 +500,7 @@ local function enclave_stage(enc, producer)
   function stage.receive(consumer, timeout)
     local tag, header, lineage, payload, flags = consumer:recv_raw(timeout)
     if not tag then return nil end
-    return { kind = header:byte(2) == 2 and 'eos' or 'data', tag = tag, header = header,
+    return { kind = header:byte(2) == net.MSG_EOS and 'eos' or 'data', tag = tag, header = header,
              lineage = lineage, payload = payload, flags = flags }
   end
 

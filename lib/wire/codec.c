@@ -30,6 +30,7 @@
  * SS_ERR_FORMAT.
  */
 #include "wire/codec.h"
+#include "wire/frame.h"
 
 #include <lauxlib.h>
 #include <limits.h>
@@ -43,7 +44,6 @@
 #define MAX_DEPTH 64                 /* nesting bound on tables, both ways */
 #define HEADER_RESERVE 5             /* array32: 0xdd + 4 bytes */
 #define FIRST_CAP (64u << 10)        /* initial storage of a writer */
-#define DOC_LIMIT (16u << 20)        /* ss_codec_encode: the message limit */
 
 /* ---- writing ---------------------------------------------------------- */
 
@@ -374,7 +374,7 @@ void ss_batch_writer_finish(ss_batch_writer *w, const char **out, size_t *len)
  */
 ss_err ss_codec_encode(lua_State *L, int idx, char **out, size_t *len)
 {
-    ss_batch_writer w = {.limit = DOC_LIMIT};
+    ss_batch_writer w = {.limit = SS_MAX_MESSAGE};   /* a document fits in a message */
     ss_err err = append_value(&w, L, idx, NULL, 0);
     if (err != SS_OK) {
         free(w.data);
