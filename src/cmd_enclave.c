@@ -8,6 +8,7 @@
 #include "crypto/crypto.h"
 #include "enclave/enclave.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
@@ -82,99 +83,65 @@ static double ping_ns(ss_enclave_t *e, long n)
     return (double)(ss_now_ns() - t0) / (double)n;
 }
 
-int ss_cmd_enclave_bench(int argc, char **argv)
-{
-    long calls = 100000;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--calls") && i + 1 < argc) {
-            uint64_t v;
-            calls = ss_parse_u64(argv[++i], 10, SS_NUM_PLAIN, MAX_CALLS, &v) == 0 ? (long)v : 0;
-        } else {
-            fprintf(stderr,
-                    "usage: securestreams enclave-bench [--calls N]\n"
-                    "The cost of an enclave call (an empty round trip) against a plain Lua\n"
-                    "function call and a C function call, all measured in this run.\n");
-            return !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ? 0 : 2;
-        }
-    }
-    if (calls < 1) {
-        fprintf(stderr, "enclave-bench: --calls must be a number from 1 to %ld\n", MAX_CALLS);
-        return 2;
-    }
-    ss_log_init("enclave-bench");
-    if (ss_crypto_init() != SS_OK)
-        return 1;
+/* The three enclaves measured: isolated (spinning when it may), isolated
+ * with the doorbell alone, and in-process. */
+typedef struct {
+    ss_enclave_t *iso, *bell, *inp;
+} bench_enclaves;
 
-    char dir[] = "/tmp/ss-enclave-bench-XXXXXX", keyfile[64], err[512];
-    if (!mkdtemp(dir)) {
-        perror("enclave-bench: mkdtemp");
-        return 1;
-    }
-    snprintf(keyfile, sizeof keyfile, "%s/key", dir);
-    ss_key_t k;
-    ss_key_generate(&k);
-    ss_err rc = ss_key_save(&k, keyfile, err, sizeof err);
-    ss_key_cleanup(&k);
-    int status = 1;
-    ss_enclave_t *iso = NULL, *inp = NULL, *bell = NULL;
-    lua_State *L = NULL;
-    if (rc != SS_OK) {
-        fprintf(stderr, "enclave-bench: %s\n", err);
-        goto out;
-    }
+static int start_enclaves(const ss_cli *cli, const char *keyfile, bench_enclaves *b)
+{
+    char err[512];
     ss_enclave_opts o;
-    if (ss_enclave_opts_init(&o, err, sizeof err) != SS_OK) {
-        fprintf(stderr, "enclave-bench: %s\n", err);
-        goto out;
-    }
+    if (ss_enclave_opts_init(&o, err, sizeof err) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
     o.code = "return function(s) return s end";
     o.code_name = "bench";
     o.key_file = keyfile;
     o.stage = "bench";
-    if ((rc = ss_enclave_new(&o, &iso, err, sizeof err)) != SS_OK) {
-        fprintf(stderr, "enclave-bench: isolated enclave: %s\n", err);
-        goto out;
-    }
+    if (ss_enclave_new(&o, &b->iso, err, sizeof err) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "isolated enclave: %s", err);
     const char *spin = getenv("SS_ENCLAVE_SPIN");
     char *saved = spin ? strdup(spin) : NULL;
     setenv("SS_ENCLAVE_SPIN", "0", 1);
-    rc = ss_enclave_new(&o, &bell, err, sizeof err);
+    ss_err rc = ss_enclave_new(&o, &b->bell, err, sizeof err);
     if (saved)
         setenv("SS_ENCLAVE_SPIN", saved, 1);
     else
         unsetenv("SS_ENCLAVE_SPIN");
     free(saved);
-    if (rc != SS_OK) {
-        fprintf(stderr, "enclave-bench: isolated enclave: %s\n", err);
-        goto out;
-    }
+    if (rc != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "isolated enclave: %s", err);
     o.backend = "inprocess";
-    if ((rc = ss_enclave_new(&o, &inp, err, sizeof err)) != SS_OK) {
-        fprintf(stderr, "enclave-bench: inprocess enclave: %s\n", err);
-        goto out;
-    }
-    L = luaL_newstate();
+    if (ss_enclave_new(&o, &b->inp, err, sizeof err) != SS_OK)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "inprocess enclave: %s", err);
+    return SS_EXIT_OK;
+}
+
+/* Measure every call in this run and print the table. */
+static int measure(const ss_cli *cli, const bench_enclaves *b, long calls)
+{
+    lua_State *L = luaL_newstate();
     if (!L)
-        goto out;
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "cannot create a Lua state: out of memory");
     lua_pushcfunction(L, l_now);
     lua_setglobal(L, "__now");
     long lcalls = calls * 100;
     double lua_ns = lua_call_ns(L, lcalls, 0);
     double cfun_ns = lua_call_ns(L, lcalls, 1);
+    lua_close(L);
     int64_t t0 = ss_now_ns();
     int acc = 0;
     for (long i = 0; i < lcalls; i++)
         acc = noop_c(acc);
     double c_ns = (double)(ss_now_ns() - t0) / (double)lcalls;
-    double iso_ns = ping_ns(iso, calls);
-    double bell_ns = ping_ns(bell, calls / 10 + 1);
-    double inp_ns = ping_ns(inp, calls * 10);
-    if (iso_ns < 0 || bell_ns < 0 || inp_ns < 0 || lua_ns < 0) {
-        fprintf(stderr, "enclave-bench: a call failed\n");
-        goto out;
-    }
+    double iso_ns = ping_ns(b->iso, calls);
+    double bell_ns = ping_ns(b->bell, calls / 10 + 1);
+    double inp_ns = ping_ns(b->inp, calls * 10);
+    if (iso_ns < 0 || bell_ns < 0 || inp_ns < 0 || lua_ns < 0 || acc != lcalls)
+        return ss_cli_fail(cli, SS_EXIT_ERROR, "a call failed");
     printf("enclave call cost (%ld round trips; isolated spinning %s)\n", calls,
-           ss_enclave_spinning(iso) ? "on" : "off: SS_ENCLAVE_SPIN=0 or one CPU");
+           ss_enclave_spinning(b->iso) ? "on" : "off: SS_ENCLAVE_SPIN=0 or one CPU");
     printf("  %-46s %10.1f ns\n", "plain Lua function call", lua_ns);
     printf("  %-46s %10.1f ns\n", "C function call (from Lua)", cfun_ns);
     printf("  %-46s %10.1f ns\n", "C function call (from C)", c_ns);
@@ -183,13 +150,46 @@ int ss_cmd_enclave_bench(int argc, char **argv)
     printf("  %-46s %10.1f ns\n", "enclave round trip (inprocess)", inp_ns);
     printf("  %-46s %10.0fx\n", "isolated / plain Lua call", lua_ns > 0 ? iso_ns / lua_ns : 0);
     printf("  %-46s %10.0fx\n", "isolated / inprocess", inp_ns > 0 ? iso_ns / inp_ns : 0);
-    status = acc == lcalls ? 0 : 1;
-out:
-    if (L)
-        lua_close(L);
-    ss_enclave_destroy(&iso);
-    ss_enclave_destroy(&bell);
-    ss_enclave_destroy(&inp);
+    return SS_EXIT_OK;
+}
+
+/* securestreams enclave-bench [--calls N]. 0 done, 1 error, 2 usage. */
+int ss_cmd_enclave_bench(int argc, char **argv)
+{
+    uint64_t calls = 100000;
+    const ss_opt opts[] = {
+        { "--calls", 0, SS_OPT_UINT, &calls, "N", "enclave round trips to time (default 100000)",
+          .min = 1, .max = MAX_CALLS },
+        { NULL },
+    };
+    const ss_cli cli = {
+        .name = "enclave-bench", .synopsis = "[--calls N]", .opts = opts,
+        .about = "The cost of an enclave call (an empty round trip) against a plain Lua\n"
+                 "function call and a C function call, all measured in this run.",
+    };
+    int status = ss_cli_parse(&cli, argc, argv, NULL, NULL);
+    if (status != SS_CLI_GO)
+        return status;
+    ss_log_init("enclave-bench");
+    if (ss_crypto_init() != SS_OK)
+        return SS_EXIT_ERROR;
+
+    char dir[] = "/tmp/ss-enclave-bench-XXXXXX", keyfile[64], err[512];
+    if (!mkdtemp(dir))
+        return ss_cli_fail(&cli, SS_EXIT_ERROR, "cannot make a directory in /tmp: %s", strerror(errno));
+    snprintf(keyfile, sizeof keyfile, "%s/key", dir);
+    ss_key_t k;
+    ss_key_generate(&k);
+    ss_err rc = ss_key_save(&k, keyfile, err, sizeof err);
+    ss_key_cleanup(&k);
+    bench_enclaves b = { NULL, NULL, NULL };
+    if (rc != SS_OK)
+        status = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", err);
+    else if ((status = start_enclaves(&cli, keyfile, &b)) == SS_EXIT_OK)
+        status = measure(&cli, &b, (long)calls);
+    ss_enclave_destroy(&b.iso);
+    ss_enclave_destroy(&b.bell);
+    ss_enclave_destroy(&b.inp);
     unlink(keyfile);
     rmdir(dir);
     return status;
