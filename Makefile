@@ -62,9 +62,14 @@ $(BUILD)/luasrc.c: $(BUILD)/embed $(LUA_SRCS)
 $(BUILD)/luasrc.o: $(BUILD)/luasrc.c
 	$(CC) $(LIB_CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(TEST_OBJS)
+# Every test binary links the shared helpers of tests/test.c (tests/test.h).
+$(BUILD)/tests/test.o: tests/test.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_OBJS) $(LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/tests/test.o $(TEST_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $< $(BUILD)/tests/test.o $(TEST_OBJS) $(LIBS) -lcmocka
 
 $(BUILD)/memscan: tools/memscan.c
 	@mkdir -p $(BUILD)
@@ -122,7 +127,7 @@ bench-memory: all
 bench-ecall bench-copy bench-lua bench-throughput bench-scale bench-compare bench-profile: all
 	scripts/$@ $(ROWS)
 
--include $(OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(BUILD)/tests/test.d $(TESTS:=.d)
 
 # Docker images (docs/deploy.md). `image` needs no registry: FROM scratch with
 # this machine's binary and libraries. `image-debian` builds the Dockerfile,
