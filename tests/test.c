@@ -54,8 +54,9 @@ void test_contains(const char *file, int line, const char *ehay, const char *ene
     int has = hay && needle && strstr(hay, needle);
     if (has == want)
         return;
-    print_error("%s %s %s \"%s\", but %s is \"%s\"\n", ehay, want ? "should contain" : "should not contain",
-                eneedle, needle ? needle : "(null)", ehay, hay ? hay : "(null)");
+    print_error("%s %s %s:\n  %s is \"%s\"\n  %s is \"%s\"\n", ehay,
+                want ? "does not contain" : "contains", eneedle, ehay, hay ? hay : "(null)",
+                eneedle, needle ? needle : "(null)");
     _fail(file, line);
 }
 
@@ -67,7 +68,7 @@ const char *test_dir_make(void)
 {
     if (dir[0])
         test_dir_remove();
-    snprintf(dir, sizeof dir, "/tmp/ss-test-%s-XXXXXX", program_invocation_short_name);
+    snprintf(dir, sizeof dir, "/tmp/ss-%s-XXXXXX", program_invocation_short_name);
     if (!mkdtemp(dir)) {
         int en = errno;
         fprintf(stderr, "cannot make a temporary directory %s: %s\n", dir, strerror(en));

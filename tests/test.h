@@ -28,7 +28,9 @@
 /* ---- assertions ----------------------------------------------------------
  * On failure each prints both expressions and both values, e.g.
  *   st.redelivered >= 2: 1 >= 2 is false
- *   err contains "chmod 600": no, err is "cannot open k: No such file..."
+ *   err does not contain "chmod 600":
+ *     err is "cannot open k: No such file or directory"
+ *     "chmod 600" is "chmod 600"
  * ASSERT_INT_* compare as intmax_t, ASSERT_UINT_* as uintmax_t. */
 
 void test_fail_int(const char *file, int line, const char *ea, const char *op, const char *eb,
@@ -68,8 +70,9 @@ void test_contains(const char *file, int line, const char *ehay, const char *ene
     test_contains(__FILE__, __LINE__, #hay, #needle, (hay), (needle), 0)
 
 /* ---- a temporary directory ----------------------------------------------
- * One directory at a time, /tmp/ss-test-PROGRAM-XXXXXX. As cmocka's setup and
- * teardown of a test (or of a group, for a directory shared by the run):
+ * One directory at a time, /tmp/ss-PROGRAM-XXXXXX (test_crypto...). As
+ * cmocka's setup and teardown of a test (or of a group, for a directory
+ * shared by the run):
  *   cmocka_unit_test_setup_teardown(t, test_dir_setup, test_dir_teardown)
  * The teardown also ends a capture of stderr that a failed test left on. */
 
