@@ -1,4 +1,5 @@
 # The command line: --help everywhere, install, the generator's contract.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 for c in run gen router source worker sink lua; do
     check "$c --help exits 0" sh -c "'$SS' $c --help | grep -q usage"

@@ -3,6 +3,7 @@
 # equip enclave stages, carry keys as secrets, and are valid for
 # docker-compose and `docker stack` (checked when those are installed; no
 # engine needed). Containers themselves are tested in t_docker.sh.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 F=$(flights 2000)
 P="$T/pipe"
