@@ -179,6 +179,22 @@ hand_wired() {
 
 # ---- data and results ----------------------------------------------------
 
+# pipeline_dir DIR: DIR with the delayed-flights stage and sink scripts
+# (mapper, filter, reducer, printer) and tests/fixtures/pace.lua, a first
+# stage that passes lines on after 50 us of CPU each
+pipeline_dir() {
+    mkdir -p "$1"
+    for _pd in mapper filter reducer printer; do cp "$ROOT/examples/flights/$_pd.lua" "$1/"; done
+    cp "$ROOT/tests/fixtures/pace.lua" "$1/"
+}
+
+# check_help CMD...: `securestreams CMD --help` prints its usage, exit 0
+check_help() {
+    for _ch in "$@"; do
+        check "$_ch --help exits 0" sh -c "'$SS' $_ch --help | grep -q usage"
+    done
+}
+
 # flights N: path of a generated file of N rows (seed 7), made once per build
 flights() {
     f="$DATA/flights-$1.csv"

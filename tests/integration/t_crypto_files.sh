@@ -6,9 +6,7 @@
 # tier: fast
 . "$(dirname "$0")/lib.sh"
 
-for c in keygen encrypt decrypt; do
-    check "$c --help exits 0" sh -c "'$SS' $c --help | grep -q usage"
-done
+check_help keygen encrypt decrypt
 "$SS" keygen >/dev/null 2>&1
 check "keygen without -o: usage error (exit 2)" test $? -eq 2
 "$SS" encrypt -k "$T/none" 2>/dev/null
@@ -107,7 +105,7 @@ peak() { # CMD...: sets RC and KB (peak resident set, kB) and MS (wall time)
         while kill -0 "$pid" 2>/dev/null; do
             v=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
             [ -n "$v" ] && KB=$v
-            sleep 0.05
+            sleep 0.05   # the sampling interval of a measurement, not a wait
         done
         wait "$pid"
         RC=$?

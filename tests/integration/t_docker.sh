@@ -89,19 +89,8 @@ same "local run equals awk" "$T/expected" "$T/local.results"
 # A pipeline directory for the runs that must last: a first stage that spends
 # CPU on every line (at least 10 s of it in all) and passes it on unchanged.
 P="$T/pipe"
-mkdir -p "$P" "$T/keys" "$T/curve"
-cp "$ROOT"/examples/flights/mapper.lua "$ROOT"/examples/flights/filter.lua \
-    "$ROOT"/examples/flights/reducer.lua "$ROOT"/examples/flights/printer.lua "$P/"
-cat >"$P/pace.lua" <<'EOF'
--- Passes every line on unchanged after spending about 50 us of CPU on it.
-return function(stream)
-  return stream:map(function(line)
-    local t = os.clock() + 0.00005
-    while os.clock() < t do end
-    return line
-  end)
-end
-EOF
+mkdir -p "$T/keys" "$T/curve"
+pipeline_dir "$P"
 cat >"$P/paced.spec.lua" <<'EOF'
 return {
   name = "paced-flights",

@@ -141,17 +141,8 @@ stop_all
 #    workers fall silent, the routers declare them dead after the liveness
 #    timeout and hand their batches to w1's. The result stays exact.
 P="$T/pipe"
-mkdir -p "$P" "$T/keys"
-cp "$ROOT"/examples/flights/*.lua "$P/"
-cat >"$P/pace.lua" <<'EOF'
-return function(stream)
-  return stream:map(function(line)
-    local t = os.clock() + 0.00005
-    while os.clock() < t do end
-    return line
-  end)
-end
-EOF
+mkdir -p "$T/keys"
+pipeline_dir "$P"
 "$SS" keygen -o "$T/keys/data.key" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/router" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/client" >/dev/null 2>&1
