@@ -20,9 +20,9 @@ notok() { echo "not ok $1${2:+: $2}"; }
 
 # check NAME CMD...: ok when CMD exits 0
 check() {
-    name=$1
+    _ck=$1
     shift
-    if "$@"; then ok "$name"; else notok "$name"; fi
+    if "$@"; then ok "$_ck"; else notok "$_ck"; fi
 }
 
 # rows FULL FAST: FULL, or FAST when tests/run.sh runs the fast tier
@@ -61,13 +61,6 @@ gone() {
         kill -0 "$_g" 2>/dev/null || continue
         grep -q '^State:[[:space:]]*Z' "/proc/$_g/status" 2>/dev/null || return 1
     done
-}
-
-# wait_exit SECONDS PID: wait for a child of this shell to exit; its exit
-# status, or (not ok, 124) when it still runs after SECONDS.
-wait_exit() {
-    wait_for "$1" gone "$2" || return 124
-    wait "$2"
 }
 
 # session_empty SID: no process is left in session SID
@@ -197,20 +190,20 @@ check_help() {
 
 # flights N: path of a generated file of N rows (seed 7), made once per build
 flights() {
-    f="$DATA/flights-$1.csv"
-    if [ ! -s "$f" ]; then
-        "$SS" gen flights --rows "$1" --seed 7 >"$f.tmp" && mv "$f.tmp" "$f"
+    _fl="$DATA/flights-$1.csv"
+    if [ ! -s "$_fl" ]; then
+        "$SS" gen flights --rows "$1" --seed 7 >"$_fl.tmp" && mv "$_fl.tmp" "$_fl"
     fi
-    echo "$f"
+    echo "$_fl"
 }
 
 # expected FILE: the awk reference answer, in the printer's format
 expected() {
-    r="$1.expected"
-    if [ ! -s "$r" ]; then
-        mawk -F, -f "$ROOT/tools/delays.awk" "$1" >"$r.tmp" && mv "$r.tmp" "$r"
+    _ex="$1.expected"
+    if [ ! -s "$_ex" ]; then
+        mawk -F, -f "$ROOT/tools/delays.awk" "$1" >"$_ex.tmp" && mv "$_ex.tmp" "$_ex"
     fi
-    cat "$r"
+    cat "$_ex"
 }
 
 # results FILE: the printer's output without its comment line
