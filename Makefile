@@ -1,9 +1,12 @@
 # SecureStreams: one binary, `securestreams`, and its tests.
 #   make demo       install dependencies, build, run the delayed-flights pipeline (encrypted)
-#   make check      install dependencies, build, run every test
+#   make check      install dependencies; every test on the normal build, then the unit
+#                   tests and the fast tier built with ASan and UBSan (build-asan); one
+#                   closing line "N passed, M failed" for both (what CI runs)
 #   make            build build/securestreams
-#   make test       build and run every test (unit and integration)
-#   make asan       build and run the unit tests with ASan and UBSan
+#   make test       build and run every test (unit, Lua and integration)
+#   make test-fast  build and run the fast tier: unit, Lua and the quick integration tests
+#   make asan       build with ASan and UBSan into build-asan and run every test there
 #   make install PREFIX=DIR
 PREFIX ?= /usr/local
 BUILD  ?= build
@@ -32,7 +35,7 @@ LIBSS    = $(BUILD)/libsecurestreams.a
 TEST_OBJS = $(filter-out $(BUILD)/src/main.o,$(CMD_OBJS)) $(LIBSS)
 TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all test unit asan install clean deps demo check bench sgx
+.PHONY: all test test-fast unit asan install clean deps demo check bench sgx
 ROWS     ?= 1000000
 SECURITY ?= enclave
 WORKERS  ?= 2
@@ -63,9 +66,14 @@ $(BUILD)/luasrc.c: $(BUILD)/embed $(LUA_SRCS)
 $(BUILD)/luasrc.o: $(BUILD)/luasrc.c
 	$(CC) $(LIB_CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(TEST_OBJS)
+# Every test binary links the shared helpers of tests/test.c (tests/test.h).
+$(BUILD)/tests/test.o: tests/test.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_OBJS) $(LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/tests/test.o $(TEST_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $< $(BUILD)/tests/test.o $(TEST_OBJS) $(LIBS) -lcmocka
 
 $(BUILD)/memscan: tools/memscan.c
 	@mkdir -p $(BUILD)
@@ -75,8 +83,20 @@ unit: $(TESTS)
 test: all $(TESTS) $(BUILD)/memscan
 	tests/run.sh $(BUILD)
 
+test-fast: all $(TESTS) $(BUILD)/memscan
+	tests/run.sh --tier fast $(BUILD)
+
+# The sanitizer build: its own directory, every object built with the flags.
+# tests/run.sh --sanitized halts UBSan at its first report and fails a test
+# on any report of either sanitizer, whichever of its processes made it.
+SAN_BUILD  = build-asan
+SAN_CFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+# check's sub-makes build in parallel, unless make was given -j already.
+CHECK_JOBS = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(shell nproc))
+
 asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" test
+	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
+	tests/run.sh --sanitized $(SAN_BUILD)
 
 install: $(BUILD)/securestreams
 	install -d $(DESTDIR)$(PREFIX)/bin
@@ -93,8 +113,16 @@ bench: all
 	scripts/bench $(ROWS) 1
 	scripts/bench $(ROWS) $(WORKERS)
 
+# Both runs append their counts to one file and close with a subtotal; the
+# last line adds them up (a run that reported nothing counts as a failure).
 check: deps
-	$(MAKE) test
+	@rm -f $(BUILD)/check.counts
+	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan
+	-tests/run.sh --counts $(BUILD)/check.counts $(BUILD)
+	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
+	-tests/run.sh --tier fast --sanitized --counts $(BUILD)/check.counts $(SAN_BUILD)
+	@awk '{ p += $$1; f += $$2 } END { if (NR != 2) f++; printf "%d passed, %d failed\n", p, f; exit f > 0 }' \
+	    $(BUILD)/check.counts
 
 demo: deps
 	$(MAKE) all
@@ -123,7 +151,7 @@ bench-memory: all
 bench-ecall bench-copy bench-lua bench-throughput bench-scale bench-compare bench-profile: all
 	scripts/$@ $(ROWS)
 
--include $(OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(BUILD)/tests/test.d $(TESTS:=.d)
 
 # Docker images (docs/deploy.md). `image` needs no registry: FROM scratch with
 # this machine's binary and libraries. `image-debian` builds the Dockerfile,

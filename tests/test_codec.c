@@ -3,11 +3,7 @@
  * every type, the array/map rule, the integer/float distinction, bounds that
  * leave the batch unchanged, and malformed or truncated payloads.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "wire/codec.h"
 
@@ -16,34 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* deq(a, b): same types, same math.type, tables equal key by key. */
-static const char deq_src[] =
-    "function deq(a, b)\n"
-    "  if type(a) ~= type(b) then return false end\n"
-    "  if type(a) == 'number' then return math.type(a) == math.type(b) and a == b end\n"
-    "  if type(a) ~= 'table' then return a == b end\n"
-    "  for k, v in pairs(a) do if not deq(v, b[k]) then return false end end\n"
-    "  for k in pairs(b) do if a[k] == nil then return false end end\n"
-    "  return true\n"
-    "end\n"
-    "function nest(n) local t = {1} for i = 2, n do t = {t} end return t end\n";
-
-static int setup(void **state)
-{
-    lua_State *L = luaL_newstate();
-    assert_non_null(L);
-    luaL_openlibs(L);
-    assert_int_equal(luaL_dostring(L, deq_src), LUA_OK);
-    *state = L;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    lua_close(*state);
-    return 0;
-}
 
 /* Push the value of a Lua expression. */
 static void eval(lua_State *L, const char *expr)
@@ -321,7 +289,7 @@ static void test_limit_leaves_batch_unchanged(void **state)
     msg[0] = '\0';
     assert_int_equal(ss_batch_writer_add(&w, L, -1, msg, sizeof msg), SS_ERR_TOOBIG);
     lua_pop(L, 1);
-    assert_non_null(strstr(msg, "64"));
+    ASSERT_CONTAINS(msg, "64");
     assert_int_equal(w.len, len);
     assert_int_equal(w.count, 1);
     /* a table that fails halfway is rolled back too */
@@ -343,8 +311,8 @@ static void test_limit_leaves_batch_unchanged(void **state)
         assert_int_equal(err, SS_OK);
         added++;
     }
-    assert_true(w.len <= w.limit);
-    assert_true(w.len + 3 > w.limit);   /* an int16 is 3 bytes: no room left */
+    ASSERT_UINT_LE(w.len, w.limit);
+    ASSERT_UINT_GT(w.len + 3, w.limit);   /* an int16 is 3 bytes: no room left */
     const char *payload;
     size_t plen;
     ss_batch_writer_finish(&w, &payload, &plen);
@@ -529,7 +497,7 @@ static void test_malformed_payloads(void **state)
             lua_pop(L, 1);
         } else {
             assert_int_equal(err, SS_ERR_FORMAT);
-            assert_non_null(strstr(msg, "deeper than 64"));
+            ASSERT_CONTAINS(msg, "deeper than 64");
         }
     }
 
@@ -633,17 +601,28 @@ static void test_decode_out_of_memory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_round_trip_every_type, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_integer_float_distinction, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_array_detection, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_map_headers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_batch_headers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_add_string_and_reuse, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_limit_leaves_batch_unchanged, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unencodable_values, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_foreign_encodings, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_payloads, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_truncated_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_trip_every_type, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_integer_float_distinction, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_array_detection, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_map_headers, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_batch_headers, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_add_string_and_reuse, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_limit_leaves_batch_unchanged, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_unencodable_values, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_encodings, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_payloads, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_truncated_input, test_lua_setup,
+                                        test_lua_teardown),
         cmocka_unit_test(test_decode_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,11 +7,7 @@
  * and sealed files: byte-identical round trips on edge cases, any damaged,
  * truncated or extended file refused without leaving output behind.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "crypto/crypto.h"
 #include "crypto/sealed.h"
@@ -26,77 +22,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char dir[64];     /* one temporary directory for the whole run */
-
-/* ---- helpers ---------------------------------------------------------- */
-
-/* A path in the test directory; valid for the next 15 calls. */
-static const char *tpath(const char *name)
-{
-    static char buf[16][256];
-    static int n;
-    char *p = buf[n++ % 16];
-    snprintf(p, sizeof buf[0], "%s/%s", dir, name);
-    return p;
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    if (len)
-        assert_int_equal(fwrite(data, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-/* malloc'd contents (at least 1 byte allocated); *len receives the size. */
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    uint8_t *p = malloc((size_t)n + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return p;
-}
-
-static int exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static void assert_contains(const char *s, const char *part)
-{
-    if (!strstr(s, part))
-        fail_msg("expected \"%s\" in \"%s\"", part, s);
-}
-
 static ss_key_t key_a, key_b;
 
 static int group_setup(void **state)
 {
     if (ss_crypto_init() != SS_OK)
         return -1;
-    snprintf(dir, sizeof dir, "/tmp/test_crypto.XXXXXX");
-    if (!mkdtemp(dir))
-        return -1;
     ss_key_generate(&key_a);
     ss_key_generate(&key_b);
     return 0;
-}
-
-static int group_teardown(void **state)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 static const ss_cipher ciphers[] = { SS_CIPHER_AES256GCM, SS_CIPHER_XCHACHA20 };
@@ -248,7 +182,7 @@ static void every_flipped_byte_fails(void **state)
             ss_err rc = ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, why, sizeof why);
             if (rc != SS_ERR_CRYPTO)
                 fail_msg("flipping byte %zu of the associated data: rc %d", i, rc);
-            assert_contains(why, "authentication failed");
+            ASSERT_CONTAINS(why, "authentication failed");
             ad[i] ^= 0x01;
         }
         assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen - 1, plain, &plen, why,
@@ -257,7 +191,7 @@ static void every_flipped_byte_fails(void **state)
                                  sizeof why), SS_ERR_CRYPTO);
         assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, SS_SEAL_OVERHEAD - 1, plain, &plen,
                                  why, sizeof why), SS_ERR_FORMAT);
-        assert_contains(why, "too short");
+        ASSERT_CONTAINS(why, "too short");
         /* and the untouched payload still opens */
         assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, why, sizeof why),
                          SS_OK);
@@ -421,7 +355,7 @@ static void cipher_from_environment(void **state)
 
 static void key_file_round_trip(void **state)
 {
-    const char *p = tpath("k1");
+    const char *p = test_path("k1");
     char err[512];
     struct stat st;
     ss_key_t k;
@@ -438,18 +372,18 @@ static void key_file_round_trip(void **state)
 
     /* the text format: three lines, the id in clear */
     size_t len;
-    char *text = (char *)read_file(p, &len);
+    char *text = test_read_file(p, &len);
     char id[17];
     ss_key_id_hex(key_a.id, id);
     char want[64];
     snprintf(want, sizeof want, "securestreams-key 1\nid %s\nkey ", id);
-    assert_true(len == strlen(want) + 64 + 1);
+    ASSERT_UINT_EQ(len, strlen(want) + 64 + 1);
     assert_memory_equal(text, want, strlen(want));
     free(text);
 
     /* never overwritten */
     assert_int_equal(ss_key_save(&key_b, p, err, sizeof err), SS_ERR_IO);
-    assert_contains(err, "already exists");
+    ASSERT_CONTAINS(err, "already exists");
     assert_int_equal(ss_key_load(&k, p, err, sizeof err), SS_OK);
     assert_memory_equal(k.key, key_a.key, SS_KEY_BYTES);
 
@@ -462,7 +396,7 @@ static void key_file_round_trip(void **state)
 static void key_file_mode_refused(void **state)
 {
     static const mode_t modes[] = { 0644, 0640, 0604, 0602, 0620, 0660, 0666 };
-    const char *p = tpath("k2");
+    const char *p = test_path("k2");
     char err[512], want[512];
     ss_key_t k;
     unlink(p);
@@ -476,8 +410,8 @@ static void key_file_mode_refused(void **state)
     }
     assert_int_equal(chmod(p, 0400), 0);
     assert_int_equal(ss_key_load(&k, p, err, sizeof err), SS_OK);
-    assert_int_equal(ss_key_load(&k, tpath("no-such-key"), err, sizeof err), SS_ERR_IO);
-    assert_contains(err, "no-such-key");
+    assert_int_equal(ss_key_load(&k, test_path("no-such-key"), err, sizeof err), SS_ERR_IO);
+    ASSERT_CONTAINS(err, "no-such-key");
 }
 
 static void key_file_malformed(void **state)
@@ -511,24 +445,24 @@ static void key_file_malformed(void **state)
     snprintf(cases[8].text, 256, "%sextra\n", good);
     snprintf(cases[9].text, 256, "securestreams-key 1\r\nid %s\r\nkey %s\r\n", id, hex);
     snprintf(cases[10].text, 256, "#   ****  Generated on 2024 by CZMQ  ****\ncurve\n");
-    const char *p = tpath("k3");
+    const char *p = test_path("k3");
     char err[512];
     ss_key_t k;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         unlink(p);
-        write_file(p, cases[i].text, strlen(cases[i].text));
+        test_write_file(p, cases[i].text, strlen(cases[i].text), 0644);
         assert_int_equal(chmod(p, 0600), 0);
         err[0] = '\0';
         ss_err rc = ss_key_load(&k, p, err, sizeof err);
         if (rc != SS_ERR_FORMAT)
             fail_msg("%s: accepted (rc %d)", cases[i].what, rc);
-        assert_contains(err, p);
-        assert_contains(err, cases[i].line);
-        assert_null(strstr(err, hex));    /* no key byte in a message */
+        ASSERT_CONTAINS(err, p);
+        ASSERT_CONTAINS(err, cases[i].line);
+        ASSERT_NOT_CONTAINS(err, hex);    /* no key byte in a message */
     }
     /* the good text, and without its final newline, loads */
     unlink(p);
-    write_file(p, good, strlen(good) - 1);
+    test_write_file(p, good, strlen(good) - 1, 0644);
     assert_int_equal(chmod(p, 0600), 0);
     assert_int_equal(ss_key_load(&k, p, err, sizeof err), SS_OK);
     assert_memory_equal(k.key, key_a.key, SS_KEY_BYTES);
@@ -541,7 +475,7 @@ static void key_file_malformed(void **state)
 static size_t file_round_trip(const char *text, size_t len, int header, size_t batch,
                               ss_cipher cipher, int *header_lines)
 {
-    const char *in = tpath("rt.in"), *sealed = tpath("rt.sealed"), *out = tpath("rt.out");
+    const char *in = test_path("rt.in"), *sealed = test_path("rt.sealed"), *out = test_path("rt.out");
     char err[1024];
     ss_encrypt_opts o;
     ss_encrypt_opts_init(&o);
@@ -549,18 +483,18 @@ static size_t file_round_trip(const char *text, size_t len, int header, size_t b
     o.batch_bytes = batch;
     o.cipher = cipher;
     unlink(out);
-    write_file(in, text, len);
+    test_write_file(in, text, len, 0644);
     if (ss_sealed_file_encrypt(in, sealed, &key_a, &o, err, sizeof err) != SS_OK)
         fail_msg("encrypt: %s", err);
     if (ss_sealed_file_decrypt(sealed, out, &key_a, "KEY", err, sizeof err) != SS_OK)
         fail_msg("decrypt: %s", err);
     size_t got;
-    uint8_t *back = read_file(out, &got);
+    uint8_t *back = (uint8_t *)test_read_file(out, &got);
     assert_int_equal(got, len);
     assert_memory_equal(back, text, len);
     free(back);
-    assert_false(exists(tpath("rt.out.tmp")));
-    assert_false(exists(tpath("rt.sealed.tmp")));
+    assert_false(test_exists(test_path("rt.out.tmp")));
+    assert_false(test_exists(test_path("rt.sealed.tmp")));
 
     /* walk it with the reader: records in order, lineage (file id, seq) */
     ss_sealed_file_t *f = NULL;
@@ -589,7 +523,7 @@ static size_t file_round_trip(const char *text, size_t len, int header, size_t b
         assert_int_equal(llen, SS_LINEAGE_ENTRY);
         assert_int_equal(ss_lineage_get(lin, 0).source, ss_sealed_file_id(f));
         assert_int_equal(ss_lineage_get(lin, 0).seq, n);
-        assert_true(plen >= SS_SEAL_OVERHEAD);
+        ASSERT_UINT_GE(plen, SS_SEAL_OVERHEAD);
         if (*header_lines && n == 0)
             assert_int_equal(h.count, 1);
         lines += h.count;
@@ -662,10 +596,10 @@ static void sealed_file_many_batches(void **state)
     }
     int hl;
     size_t n = file_round_trip(text, len, 1, 1024, SS_CIPHER_XCHACHA20, &hl);
-    assert_true(n > 500);
+    ASSERT_UINT_GT(n, 500);
     assert_int_equal(hl, 1);
     n = file_round_trip(text, len - 1, 0, 64, ss_crypto_default_cipher(), &hl);
-    assert_true(n > 5000);
+    ASSERT_UINT_GT(n, 5000);
     assert_int_equal(hl, 0);
     free(text);
 }
@@ -677,17 +611,17 @@ static void sealed_file_line_too_long(void **state)
     assert_non_null(text);
     memset(text, 'y', len);
     text[len - 1] = '\n';
-    const char *in = tpath("long.in"), *out = tpath("long.sealed");
-    write_file(in, text, len);
+    const char *in = test_path("long.in"), *out = test_path("long.sealed");
+    test_write_file(in, text, len, 0644);
     free(text);
     unlink(out);
     char err[1024];
     ss_encrypt_opts o;
     ss_encrypt_opts_init(&o);
     assert_int_equal(ss_sealed_file_encrypt(in, out, &key_a, &o, err, sizeof err), SS_ERR_TOOBIG);
-    assert_contains(err, "long.in:1: line");
-    assert_false(exists(out));
-    assert_false(exists(tpath("long.sealed.tmp")));
+    ASSERT_CONTAINS(err, "long.in:1: line");
+    assert_false(test_exists(out));
+    assert_false(test_exists(test_path("long.sealed.tmp")));
     unlink(in);
 }
 
@@ -699,28 +633,28 @@ static uint8_t *make_sealed(const char *name, size_t *len)
     n += (size_t)snprintf(text, sizeof text, "h1,h2\n");
     for (int i = 0; n < sizeof text - 64; i++)
         n += (size_t)snprintf(text + n, sizeof text - n, "row %d,%d\n", i, i * i);
-    const char *in = tpath("dmg.in");
-    write_file(in, text, n);
+    const char *in = test_path("dmg.in");
+    test_write_file(in, text, n, 0644);
     ss_encrypt_opts o;
     ss_encrypt_opts_init(&o);
     o.batch_bytes = 2048;
     char err[512];
-    if (ss_sealed_file_encrypt(in, tpath(name), &key_a, &o, err, sizeof err) != SS_OK)
+    if (ss_sealed_file_encrypt(in, test_path(name), &key_a, &o, err, sizeof err) != SS_OK)
         fail_msg("%s", err);
-    return read_file(tpath(name), len);
+    return (uint8_t *)test_read_file(test_path(name), len);
 }
 
 /* decrypt must fail and leave neither OUT nor OUT.tmp; returns its message. */
 static void must_fail(const uint8_t *data, size_t len, const char *expect, const char *what)
 {
     static char err[1024];
-    const char *bad = tpath("bad.sealed"), *out = tpath("bad.out");
-    write_file(bad, data, len);
+    const char *bad = test_path("bad.sealed"), *out = test_path("bad.out");
+    test_write_file(bad, data, len, 0644);
     unlink(out);
     err[0] = '\0';
     if (ss_sealed_file_decrypt(bad, out, &key_a, "KEY", err, sizeof err) == SS_OK)
         fail_msg("%s: decrypt accepted it", what);
-    if (exists(out) || exists(tpath("bad.out.tmp")))
+    if (test_exists(out) || test_exists(test_path("bad.out.tmp")))
         fail_msg("%s: output left behind", what);
     if (expect && !strstr(err, expect))
         fail_msg("%s: message \"%s\" lacks \"%s\"", what, err, expect);
@@ -730,7 +664,7 @@ static void sealed_file_any_flipped_byte_fails(void **state)
 {
     size_t len;
     uint8_t *data = make_sealed("flip.sealed", &len);
-    assert_true(len > 8000);
+    ASSERT_UINT_GT(len, 8000);
     size_t positions[300], np = 0;
     for (size_t i = 0; i < SS_SEALED_FILE_HEADER; i++)   /* the whole file header */
         positions[np++] = i;
@@ -752,8 +686,8 @@ static void sealed_file_any_flipped_byte_fails(void **state)
     must_fail(data, 0, "not a sealed file", "empty");
     /* the undamaged file still decrypts */
     char err[512];
-    write_file(tpath("bad.sealed"), data, len);
-    assert_int_equal(ss_sealed_file_decrypt(tpath("bad.sealed"), tpath("bad.out"), &key_a, "KEY",
+    test_write_file(test_path("bad.sealed"), data, len, 0644);
+    assert_int_equal(ss_sealed_file_decrypt(test_path("bad.sealed"), test_path("bad.out"), &key_a, "KEY",
                                             err, sizeof err), SS_OK);
     free(data);
 }
@@ -775,7 +709,7 @@ static void sealed_file_truncated_or_extended(void **state)
     size_t len, off[64];
     uint8_t *data = make_sealed("trunc.sealed", &len);
     size_t n = record_offsets(data, len, off, 64);
-    assert_true(n >= 6);   /* batches and the EOS */
+    ASSERT_UINT_GE(n, 6);   /* batches and the EOS */
 
     must_fail(data, 30, "truncated in the file header", "30 bytes");
     must_fail(data, SS_SEALED_FILE_HEADER, "truncated after the file header", "header only");
@@ -838,44 +772,44 @@ static void sealed_file_another_key(void **state)
     char err[1024], ida[17], idb[17], want[256];
     ss_key_id_hex(key_a.id, ida);
     ss_key_id_hex(key_b.id, idb);
-    const char *out = tpath("key.out");
+    const char *out = test_path("key.out");
     unlink(out);
-    assert_int_equal(ss_sealed_file_decrypt(tpath("key.sealed"), out, &key_b, "B.key", err,
+    assert_int_equal(ss_sealed_file_decrypt(test_path("key.sealed"), out, &key_b, "B.key", err,
                                             sizeof err), SS_ERR_CRYPTO);
     snprintf(want, sizeof want, "%s was sealed with another key (key id %s; B.key has %s)",
-             tpath("key.sealed"), ida, idb);
+             test_path("key.sealed"), ida, idb);
     assert_string_equal(err, want);
-    assert_false(exists(out));
+    assert_false(test_exists(out));
     ss_sealed_file_t *f = NULL;
-    assert_int_equal(ss_sealed_file_open(tpath("key.sealed"), &key_b, &f, err, sizeof err),
+    assert_int_equal(ss_sealed_file_open(test_path("key.sealed"), &key_b, &f, err, sizeof err),
                      SS_ERR_CRYPTO);
     assert_null(f);
-    assert_contains(err, "another key");
+    ASSERT_CONTAINS(err, "another key");
     free(data);
 }
 
 static void sealed_file_probe(void **state)
 {
     uint32_t stream = 0;
-    write_file(tpath("plain.csv"), "a,b\n1,2\n", 8);
-    assert_int_equal(ss_sealed_file_probe(tpath("plain.csv"), &stream), 0);
-    write_file(tpath("tiny"), "SS", 2);
-    assert_int_equal(ss_sealed_file_probe(tpath("tiny"), &stream), 0);
+    test_write_file(test_path("plain.csv"), "a,b\n1,2\n", 8, 0644);
+    assert_int_equal(ss_sealed_file_probe(test_path("plain.csv"), &stream), 0);
+    test_write_file(test_path("tiny"), "SS", 2, 0644);
+    assert_int_equal(ss_sealed_file_probe(test_path("tiny"), &stream), 0);
     errno = 0;
-    assert_int_equal(ss_sealed_file_probe(tpath("missing"), &stream), -1);
+    assert_int_equal(ss_sealed_file_probe(test_path("missing"), &stream), -1);
     assert_int_equal(errno, ENOENT);
 
     ss_encrypt_opts o;
     ss_encrypt_opts_init(&o);
     o.stream = 0x12345678;
     char err[512];
-    assert_int_equal(ss_sealed_file_encrypt(tpath("plain.csv"), tpath("probe.sealed"), &key_a, &o,
+    assert_int_equal(ss_sealed_file_encrypt(test_path("plain.csv"), test_path("probe.sealed"), &key_a, &o,
                                             err, sizeof err), SS_OK);
-    assert_int_equal(ss_sealed_file_probe(tpath("probe.sealed"), &stream), 1);
+    assert_int_equal(ss_sealed_file_probe(test_path("probe.sealed"), &stream), 1);
     assert_int_equal(stream, 0x12345678);
     /* the plaintext is nowhere in the sealed file */
     size_t len;
-    uint8_t *d = read_file(tpath("probe.sealed"), &len);
+    uint8_t *d = (uint8_t *)test_read_file(test_path("probe.sealed"), &len);
     assert_null(memmem(d, len, "1,2", 3));
     assert_null(memmem(d, len, "a,b", 3));
     free(d);
@@ -885,23 +819,23 @@ static void sealed_file_probe(void **state)
 static void failed_output_untouched(void **state)
 {
     char out[256];
-    snprintf(out, sizeof out, "%s", tpath("keep.out"));
-    write_file(out, "precious", 8);
+    snprintf(out, sizeof out, "%s", test_path("keep.out"));
+    test_write_file(out, "precious", 8, 0644);
     char err[512];
     ss_encrypt_opts o;
     ss_encrypt_opts_init(&o);
-    assert_int_equal(ss_sealed_file_encrypt(tpath("no-such-input"), out, &key_a, &o, err,
+    assert_int_equal(ss_sealed_file_encrypt(test_path("no-such-input"), out, &key_a, &o, err,
                                             sizeof err), SS_ERR_IO);
-    assert_contains(err, "no-such-input");
+    ASSERT_CONTAINS(err, "no-such-input");
     size_t len;
-    uint8_t *d = read_file(out, &len);
+    uint8_t *d = (uint8_t *)test_read_file(out, &len);
     assert_int_equal(len, 8);
     assert_memory_equal(d, "precious", 8);
     free(d);
     must_fail((const uint8_t *)"SSSEALED", 8, "truncated in the file header", "magic only");
-    assert_int_equal(ss_sealed_file_decrypt(tpath("bad.sealed"), out, &key_a, "KEY", err,
+    assert_int_equal(ss_sealed_file_decrypt(test_path("bad.sealed"), out, &key_a, "KEY", err,
                                             sizeof err), SS_ERR_FORMAT);
-    d = read_file(out, &len);
+    d = (uint8_t *)test_read_file(out, &len);
     assert_int_equal(len, 8);
     free(d);
 }
@@ -913,14 +847,14 @@ static void output_rename_fails(void **state)
     size_t len;
     uint8_t *data = make_sealed("ren.sealed", &len);
     free(data);
-    snprintf(out, sizeof out, "%s", tpath("ren.dir"));
+    snprintf(out, sizeof out, "%s", test_path("ren.dir"));
     assert_int_equal(mkdir(out, 0700), 0);
-    write_file(tpath("ren.dir/x"), "x", 1);
-    assert_int_equal(ss_sealed_file_decrypt(tpath("ren.sealed"), out, &key_a, "KEY", err,
+    test_write_file(test_path("ren.dir/x"), "x", 1, 0644);
+    assert_int_equal(ss_sealed_file_decrypt(test_path("ren.sealed"), out, &key_a, "KEY", err,
                                             sizeof err), SS_ERR_IO);
-    assert_contains(err, "ren.dir");
-    assert_false(exists(tpath("ren.dir.tmp")));
-    assert_true(exists(tpath("ren.dir/x")));
+    ASSERT_CONTAINS(err, "ren.dir");
+    assert_false(test_exists(test_path("ren.dir.tmp")));
+    assert_true(test_exists(test_path("ren.dir/x")));
 }
 
 /*
@@ -938,7 +872,7 @@ static void forge_header(forger *fg, const char *path, int header_lines)
     uint8_t h[SS_SEALED_FILE_HEADER] = { 0 };
     fg->id = 0x0102030405060708ull;
     fg->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fg->fd >= 0);
+    ASSERT_INT_GE(fg->fd, 0);
     assert_int_equal(ss_sealer_new(&key_a, SS_CIPHER_XCHACHA20, &fg->s), SS_OK);
     memcpy(h, SS_SEALED_MAGIC, 8);
     h[8] = 1;
@@ -957,7 +891,7 @@ static void forge_record(forger *fg, int type, uint16_t flags, uint64_t seq, uin
     ss_header_t h = { .type = (uint8_t)type, .flags = flags, .stream = SS_DEFAULT_STREAM,
                       .producer = fg->id, .seq = seq, .count = count, .origin = origin };
     size_t llen = type == SS_MSG_DATA ? SS_LINEAGE_ENTRY : 0, slen;
-    assert_true(len + 200 < sizeof rec);
+    ASSERT_UINT_LT(len + 200, sizeof rec);
     ss_header_encode(&h, rec + 8);
     if (llen)
         ss_lineage_put(rec + 48, 0, (ss_lineage_id){ fg->id, seq });
@@ -982,7 +916,7 @@ static size_t forge_eos(uint8_t *p, uint64_t batches, uint64_t records, uint64_t
         p[n++] = (uint8_t)(0xa0 | strlen(k[i]));
         memcpy(p + n, k[i], strlen(k[i]));
         n += strlen(k[i]);
-        assert_true(v[i] < 128);
+        ASSERT_UINT_LT(v[i], 128);
         p[n++] = (uint8_t)v[i];
     }
     p[n++] = 0xa0 | 13;
@@ -1023,7 +957,7 @@ static void sealed_file_forged_counts(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         forger fg;
         uint8_t eos[64];
-        forge_header(&fg, tpath("forged"), cases[i].file_hl);
+        forge_header(&fg, test_path("forged"), cases[i].file_hl);
         forge_record(&fg, SS_MSG_DATA, SS_HDR_SEALED, 0, 1, 1, batch0, sizeof batch0);
         forge_record(&fg, SS_MSG_DATA, cases[i].flags, 1, 2, 2, batch1, sizeof batch1);
         size_t n = forge_eos(eos, cases[i].batches, cases[i].records, cases[i].hl, cases[i].fnl,
@@ -1031,22 +965,22 @@ static void sealed_file_forged_counts(void **state)
         forge_record(&fg, SS_MSG_EOS, SS_HDR_SEALED, 2, 0, 0, eos, n);
         close(fg.fd);
         ss_sealer_destroy(&fg.s);
-        unlink(tpath("forged.out"));
-        ss_err rc = ss_sealed_file_decrypt(tpath("forged"), tpath("forged.out"), &key_a, "KEY", err,
+        unlink(test_path("forged.out"));
+        ss_err rc = ss_sealed_file_decrypt(test_path("forged"), test_path("forged.out"), &key_a, "KEY", err,
                                            sizeof err);
         if (!cases[i].expect) {
             if (rc != SS_OK)
                 fail_msg("%s: %s", cases[i].what, err);
             size_t len;
-            uint8_t *d = read_file(tpath("forged.out"), &len);
+            uint8_t *d = (uint8_t *)test_read_file(test_path("forged.out"), &len);
             assert_int_equal(len, 6);
             assert_memory_equal(d, "h\n1\n2\n", 6);
             free(d);
         } else {
             if (rc == SS_OK)
                 fail_msg("%s: accepted", cases[i].what);
-            assert_contains(err, cases[i].expect);
-            assert_false(exists(tpath("forged.out")));
+            ASSERT_CONTAINS(err, cases[i].expect);
+            assert_false(test_exists(test_path("forged.out")));
         }
     }
     /* a batch whose first line number does not follow, and a header batch
@@ -1055,7 +989,7 @@ static void sealed_file_forged_counts(void **state)
     for (int v = 0; v < 2; v++) {
         forger fg;
         uint8_t eos[64];
-        forge_header(&fg, tpath("forged"), 1);
+        forge_header(&fg, test_path("forged"), 1);
         if (v == 0) {
             forge_record(&fg, SS_MSG_DATA, SS_HDR_SEALED, 0, 1, 1, batch0, sizeof batch0);
             forge_record(&fg, SS_MSG_DATA, SS_HDR_SEALED, 1, 2, 3, batch1, sizeof batch1);
@@ -1067,50 +1001,50 @@ static void sealed_file_forged_counts(void **state)
         forge_record(&fg, SS_MSG_EOS, SS_HDR_SEALED, 2, 0, 0, eos, n);
         close(fg.fd);
         ss_sealer_destroy(&fg.s);
-        assert_int_equal(ss_sealed_file_decrypt(tpath("forged"), tpath("forged.out"), &key_a,
+        assert_int_equal(ss_sealed_file_decrypt(test_path("forged"), test_path("forged.out"), &key_a,
                                                 "KEY", err, sizeof err), SS_ERR_FORMAT);
-        assert_contains(err, "line count or first line number");
-        assert_contains(err, v == 0 ? "record 1" : "record 0");
+        ASSERT_CONTAINS(err, "line count or first line number");
+        ASSERT_CONTAINS(err, v == 0 ? "record 1" : "record 0");
     }
 
     /* an empty file whose end of stream says the last line lacks a newline */
     forger fg;
     uint8_t eos[64];
-    forge_header(&fg, tpath("forged"), 0);
+    forge_header(&fg, test_path("forged"), 0);
     size_t n = forge_eos(eos, 0, 0, 0, 0, 0);
     forge_record(&fg, SS_MSG_EOS, SS_HDR_SEALED, 0, 0, 0, eos, n);
     close(fg.fd);
     ss_sealer_destroy(&fg.s);
-    assert_int_equal(ss_sealed_file_decrypt(tpath("forged"), tpath("forged.out"), &key_a, "KEY",
+    assert_int_equal(ss_sealed_file_decrypt(test_path("forged"), test_path("forged.out"), &key_a, "KEY",
                                             err, sizeof err), SS_ERR_FORMAT);
-    assert_contains(err, "the end of stream says");
+    ASSERT_CONTAINS(err, "the end of stream says");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(seal_open_round_trip),
-        cmocka_unit_test(format_matches_libsodium),
-        cmocka_unit_test(every_flipped_byte_fails),
-        cmocka_unit_test(distinct_messages),
-        cmocka_unit_test(nonces_never_repeat_across_restarts),
-        cmocka_unit_test(sealer_refuses_reused_seq),
-        cmocka_unit_test(opener_cache_eviction),
-        cmocka_unit_test(cipher_from_environment),
-        cmocka_unit_test(key_file_round_trip),
-        cmocka_unit_test(key_file_mode_refused),
-        cmocka_unit_test(key_file_malformed),
-        cmocka_unit_test(sealed_file_edge_cases),
-        cmocka_unit_test(sealed_file_many_batches),
-        cmocka_unit_test(sealed_file_line_too_long),
-        cmocka_unit_test(sealed_file_any_flipped_byte_fails),
-        cmocka_unit_test(sealed_file_truncated_or_extended),
-        cmocka_unit_test(sealed_file_spliced_record),
-        cmocka_unit_test(sealed_file_another_key),
-        cmocka_unit_test(sealed_file_probe),
-        cmocka_unit_test(failed_output_untouched),
-        cmocka_unit_test(output_rename_fails),
-        cmocka_unit_test(sealed_file_forged_counts),
+        cmocka_unit_test_setup_teardown(seal_open_round_trip, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(format_matches_libsodium, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(every_flipped_byte_fails, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(distinct_messages, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(nonces_never_repeat_across_restarts, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealer_refuses_reused_seq, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(opener_cache_eviction, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(cipher_from_environment, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(key_file_round_trip, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(key_file_mode_refused, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(key_file_malformed, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_edge_cases, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_many_batches, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_line_too_long, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_any_flipped_byte_fails, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_truncated_or_extended, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_spliced_record, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_another_key, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_probe, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(failed_output_untouched, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(output_rename_fails, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(sealed_file_forged_counts, test_dir_setup, test_dir_teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -3,48 +3,12 @@
  * json.encode/json.decode (lib/lua/ljson.c). Table-driven: each case is an
  * input and either the expected result or a substring of the error.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
-
-#include "lua/lmodules.h"
+#include "test.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <string.h>
-
-static const char deq_src[] =
-    "function deq(a, b)\n"
-    "  if type(a) ~= type(b) then return false end\n"
-    "  if type(a) == 'number' then return math.type(a) == math.type(b) and a == b end\n"
-    "  if type(a) ~= 'table' then return a == b end\n"
-    "  for k, v in pairs(a) do if not deq(v, b[k]) then return false end end\n"
-    "  for k in pairs(b) do if a[k] == nil then return false end end\n"
-    "  return true\n"
-    "end\n"
-    "function nest(n) local t = {1} for i = 2, n do t = {t} end return t end\n";
-
-static int setup(void **state)
-{
-    lua_State *L = luaL_newstate();
-    assert_non_null(L);
-    luaL_openlibs(L);
-    luaL_requiref(L, "csv", luaopen_csv, 1);
-    luaL_requiref(L, "json", luaopen_json, 1);
-    lua_pop(L, 2);
-    assert_int_equal(luaL_dostring(L, deq_src), LUA_OK);
-    *state = L;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    lua_close(*state);
-    return 0;
-}
 
 /* Run `code` (a chunk returning values); LUA_OK or the status, with the
  * results or the error message on the stack. */
@@ -209,7 +173,7 @@ static void test_csv_from_lua(void **state)
     assert_int_equal(lua_tointeger(L, -6), 10);
     assert_string_equal(lua_tostring(L, -5), "WN");
     assert_false(lua_toboolean(L, -4));
-    assert_non_null(strstr(lua_tostring(L, -3), "csv: unterminated"));
+    ASSERT_CONTAINS(lua_tostring(L, -3), "csv: unterminated");
     assert_false(lua_toboolean(L, -2));   /* no argument */
     lua_settop(L, 0);
 }
@@ -361,13 +325,20 @@ static void test_json_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_csv_parse, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_csv_fields_agrees, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_csv_from_lua, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_json_encode_exact, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_json_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_json_decode, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_json_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_csv_parse, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_csv_fields_agrees, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_csv_from_lua, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_json_encode_exact, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_json_round_trip, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_json_decode, test_lua_setup,
+                                        test_lua_teardown),
+        cmocka_unit_test_setup_teardown(test_json_errors, test_lua_setup,
+                                        test_lua_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

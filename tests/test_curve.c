@@ -11,11 +11,7 @@
  * router logs and counts refusals and keeps serving the allowed clients.
  * Every wait is bounded (joins time out after at most 2 s).
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "crypto/curve.h"
 #include "net/link.h"
@@ -41,93 +37,12 @@
 
 /* ---- helpers ---- */
 
-static char tmpdir[64];   /* /tmp/ss-test-curve-XXXXXX */
-
-static char *read_all(const char *path);
-
-/* stderr into a file while a test runs, so log lines can be checked. */
-typedef struct {
-    int saved;              /* the real stderr while capturing, else -1 */
-    char path[300];
-} capture;
-
-static capture *capturing;  /* restored by the teardown if a test failed */
-
-static void capture_start(capture *c)
+static int setup(void **state)
 {
-    capturing = c;
-    snprintf(c->path, sizeof c->path, "%s/stderr.log", tmpdir);
-    int fd = open(c->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    fflush(stderr);
-    c->saved = dup(2);
-    dup2(fd, 2);
-    close(fd);
-}
-
-static char *capture_stop(capture *c)
-{
-    capturing = NULL;
-    fflush(stderr);
-    dup2(c->saved, 2);
-    close(c->saved);
-    char *text = read_all(c->path);
-    fputs(text, stderr);   /* still visible in the test's output */
-    return text;
-}
-
-
-static int setup_dir(void **state)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ss-test-curve-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
     unsetenv("SS_CURVE_KEY");
     unsetenv("SS_CURVE_SERVER");
-    return 0;
+    return test_dir_setup(state);
 }
-
-static int teardown_dir(void **state)
-{
-    if (capturing)
-        capture_stop(capturing);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    assert_int_equal(system(cmd), 0);
-    return 0;
-}
-
-static const char *path_in(char *buf, size_t len, const char *name)
-{
-    snprintf(buf, len, "%s/%s", tmpdir, name);
-    return buf;
-}
-
-static void write_file(const char *path, const char *text, mode_t mode)
-{
-    unlink(path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    assert_int_equal(fchmod(fd, mode), 0);
-    close(fd);
-}
-
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    static char buf[65536];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-#define ASSERT_HAS(hay, needle)                                                              \
-    do {                                                                                     \
-        if (!strstr((hay), (needle)))                                                        \
-            fail_msg("expected \"%s\" in \"%s\"", (needle), (hay));                          \
-    } while (0)
 
 /* ------------------------------------------------------------------------
  * Part 1: key files and allow-lists
@@ -135,9 +50,8 @@ static char *read_all(const char *path)
 
 static void keygen_writes_both_files(void **state)
 {
-    char key[300], pub[300], err[512];
-    path_in(key, sizeof key, "k1");
-    path_in(pub, sizeof pub, "k1.pub");
+    const char *key = test_path("k1"), *pub = test_path("k1.pub");
+    char err[512];
     assert_int_equal(ss_curve_keygen(key, err, sizeof err), SS_OK);
     struct stat st;
     assert_int_equal(stat(key, &st), 0);
@@ -149,31 +63,33 @@ static void keygen_writes_both_files(void **state)
     assert_int_equal(ss_curve_load_secret(key, p1, s1, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_load_public(pub, p2, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_load_public(key, p3, err, sizeof err), SS_OK);
-    assert_string_equal(p1, p2);
-    assert_string_equal(p1, p3);
+    ASSERT_STR_EQ(p1, p2);
+    ASSERT_STR_EQ(p1, p3);
     assert_true(ss_curve_key_valid(p1));
     assert_true(ss_curve_key_valid(s1));
 
     char expect[256];
     snprintf(expect, sizeof expect, "securestreams-curve 1\npublic %s\nsecret %s\n", p1, s1);
-    assert_string_equal(read_all(key), expect);
+    char *text = test_read_file(key, NULL);
+    ASSERT_STR_EQ(text, expect);
+    free(text);
     snprintf(expect, sizeof expect, "securestreams-curve-public 1\npublic %s\n", p1);
-    assert_string_equal(read_all(pub), expect);
+    text = test_read_file(pub, NULL);
+    ASSERT_STR_EQ(text, expect);
+    free(text);
 
     /* Never overwrite: neither the secret file nor a .pub left alone. */
     assert_int_equal(ss_curve_keygen(key, err, sizeof err), SS_ERR_IO);
-    ASSERT_HAS(err, "exists; refusing to overwrite it");
-    char lone[300], lonepub[300];
-    path_in(lone, sizeof lone, "k2");
-    path_in(lonepub, sizeof lonepub, "k2.pub");
-    write_file(lonepub, "something\n", 0644);
+    ASSERT_CONTAINS(err, "exists; refusing to overwrite it");
+    const char *lone = test_path("k2"), *lonepub = test_path("k2.pub");
+    test_write_text(lonepub, "something\n");
     assert_int_equal(ss_curve_keygen(lone, err, sizeof err), SS_ERR_IO);
-    ASSERT_HAS(err, lonepub);
+    ASSERT_CONTAINS(err, lonepub);
     assert_int_equal(access(lone, F_OK), -1);
 
     /* Two key pairs differ. */
-    char other[300], p4[SS_Z85_KEY];
-    path_in(other, sizeof other, "k3");
+    const char *other = test_path("k3");
+    char p4[SS_Z85_KEY];
     assert_int_equal(ss_curve_keygen(other, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_load_public(other, p4, err, sizeof err), SS_OK);
     assert_string_not_equal(p1, p4);
@@ -181,8 +97,8 @@ static void keygen_writes_both_files(void **state)
 
 static void secret_readable_by_others_is_refused(void **state)
 {
-    char key[300], err[512];
-    path_in(key, sizeof key, "loose");
+    const char *key = test_path("loose");
+    char err[512];
     assert_int_equal(ss_curve_keygen(key, err, sizeof err), SS_OK);
     char pub[SS_Z85_KEY], sec[SS_Z85_KEY];
     static const mode_t modes[] = { 0644, 0640, 0604, 0620, 0602 };
@@ -192,7 +108,7 @@ static void secret_readable_by_others_is_refused(void **state)
         char expect[400];
         snprintf(expect, sizeof expect, "%s: readable or writable by others (mode %04o); "
                  "chmod 600 it", key, (unsigned)modes[i]);
-        assert_string_equal(err, expect);
+        ASSERT_STR_EQ(err, expect);
     }
     assert_int_equal(chmod(key, 0400), 0);
     assert_int_equal(ss_curve_load_secret(key, pub, sec, err, sizeof err), SS_OK);
@@ -252,34 +168,33 @@ static void malformed_key_files(void **state)
         "securestreams-curve 1\nprivate x\n", pubfile, crlf, good_secret,
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char path[300], err[512], expect[400], p[SS_Z85_KEY], s[SS_Z85_KEY];
-        path_in(path, sizeof path, cases[i].name);
-        write_file(path, texts[cases[i].text], 0600);
+        const char *path = test_path(cases[i].name);
+        char err[512], expect[400], p[SS_Z85_KEY], s[SS_Z85_KEY];
+        test_write_file(path, texts[cases[i].text], strlen(texts[cases[i].text]), 0600);
         err[0] = '\0';
         ss_err rc = cases[i].secret ? ss_curve_load_secret(path, p, s, err, sizeof err)
                                     : ss_curve_load_public(path, p, err, sizeof err);
         if (rc != cases[i].rc)
             fail_msg("case %s: rc %d, expected %d (%s)", cases[i].name, rc, cases[i].rc, err);
         if (rc == SS_OK) {
-            assert_string_equal(p, pub);
+            ASSERT_STR_EQ(p, pub);
             continue;
         }
         snprintf(expect, sizeof expect, "%s%s", path, cases[i].msg);
-        ASSERT_HAS(err, expect);
+        ASSERT_CONTAINS(err, expect);
     }
     char err[512], p[SS_Z85_KEY], s[SS_Z85_KEY];
-    char missing[300];
-    path_in(missing, sizeof missing, "missing");
+    const char *missing = test_path("missing");
     assert_int_equal(ss_curve_load_secret(missing, p, s, err, sizeof err), SS_ERR_IO);
-    ASSERT_HAS(err, missing);
-    assert_int_equal(ss_curve_load_public(tmpdir, p, err, sizeof err), SS_ERR_FORMAT);
-    ASSERT_HAS(err, "not a regular file");
+    ASSERT_CONTAINS(err, missing);
+    assert_int_equal(ss_curve_load_public(test_dir(), p, err, sizeof err), SS_ERR_FORMAT);
+    ASSERT_CONTAINS(err, "not a regular file");
 }
 
 static void keygen_pub(const char *name, char pub[SS_Z85_KEY])
 {
-    char path[300], err[512];
-    path_in(path, sizeof path, name);
+    const char *path = test_path(name);
+    char err[512];
     assert_int_equal(ss_curve_keygen(path, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_load_public(path, pub, err, sizeof err), SS_OK);
 }
@@ -293,26 +208,26 @@ static int allowed(const ss_curve_allow_t *a, const char *z85)
 
 static void allow_list_forms(void **state)
 {
-    char a[SS_Z85_KEY], b[SS_Z85_KEY], c[SS_Z85_KEY], d[SS_Z85_KEY], err[1024], path[300];
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/allow' '%s/empty' '%s/sub'", tmpdir, tmpdir, tmpdir);
-    assert_int_equal(system(cmd), 0);
+    char a[SS_Z85_KEY], b[SS_Z85_KEY], c[SS_Z85_KEY], d[SS_Z85_KEY], err[1024];
+    const char *path;
+    assert_int_equal(mkdir(test_path("allow"), 0700), 0);
+    assert_int_equal(mkdir(test_path("empty"), 0700), 0);
+    assert_int_equal(mkdir(test_path("sub"), 0700), 0);
     keygen_pub("allow/a", a);    /* allow/a (secret, not .pub: ignored), allow/a.pub */
     keygen_pub("allow/b", b);
     keygen_pub("sub/c", c);
     keygen_pub("d", d);
-    path_in(path, sizeof path, "allow/README");
-    write_file(path, "not a key\n", 0644);
+    test_write_text(test_path("allow/README"), "not a key\n");
 
     /* A directory: its *.pub files. */
     ss_curve_allow_t *al = NULL;
-    path_in(path, sizeof path, "allow");
+    path = test_path("allow");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_allow_count(al), 2);
     assert_true(allowed(al, a));
     assert_true(allowed(al, b));
     assert_false(allowed(al, c));
-    assert_string_equal(ss_curve_allow_path(al), path);
+    ASSERT_STR_EQ(ss_curve_allow_path(al), path);
     ss_curve_allow_destroy(&al);
     assert_null(al);
     ss_curve_allow_destroy(&al);
@@ -320,9 +235,9 @@ static void allow_list_forms(void **state)
     /* A list: keys, comments, relative and absolute paths; duplicates merge. */
     char list[2048];
     snprintf(list, sizeof list, "# clients of router 1\n\n%s\n  sub/c.pub\n%s/d.pub\n%s\n",
-             a, tmpdir, a);
-    path_in(path, sizeof path, "clients.list");
-    write_file(path, list, 0644);
+             a, test_dir(), a);
+    path = test_path("clients.list");
+    test_write_text(path, list);
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_allow_count(al), 3);
     assert_true(allowed(al, a));
@@ -332,29 +247,29 @@ static void allow_list_forms(void **state)
     ss_curve_allow_destroy(&al);
 
     /* One .pub file. */
-    path_in(path, sizeof path, "d.pub");
+    path = test_path("d.pub");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_OK);
     assert_int_equal(ss_curve_allow_count(al), 1);
     assert_true(allowed(al, d));
     ss_curve_allow_destroy(&al);
 
     /* Errors name the path and line. */
-    path_in(path, sizeof path, "empty");
+    path = test_path("empty");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_USAGE);
-    ASSERT_HAS(err, "names no client key");
+    ASSERT_CONTAINS(err, "names no client key");
     assert_null(al);
-    path_in(path, sizeof path, "bad.list");
-    write_file(path, "# one good, one missing\nsub/c.pub\nsub/nope.pub\n", 0644);
+    path = test_path("bad.list");
+    test_write_text(path, "# one good, one missing\nsub/c.pub\nsub/nope.pub\n");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_IO);
     char expect[400];
-    snprintf(expect, sizeof expect, "%s line 3: cannot open %s/sub/nope.pub", path, tmpdir);
-    ASSERT_HAS(err, expect);
-    path_in(path, sizeof path, "d");
+    snprintf(expect, sizeof expect, "%s line 3: cannot open %s/sub/nope.pub", path, test_dir());
+    ASSERT_CONTAINS(err, expect);
+    path = test_path("d");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_USAGE);
-    ASSERT_HAS(err, "a secret key file");
-    path_in(path, sizeof path, "nothing-here");
+    ASSERT_CONTAINS(err, "a secret key file");
+    path = test_path("nothing-here");
     assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_IO);
-    ASSERT_HAS(err, path);
+    ASSERT_CONTAINS(err, path);
 }
 
 static void link_opts_from_environment(void **state)
@@ -366,11 +281,11 @@ static void link_opts_from_environment(void **state)
     setenv("SS_CURVE_KEY", "/keys/worker", 1);
     setenv("SS_CURVE_SERVER", "", 1);
     ss_link_opts_init(&o);
-    assert_string_equal(o.curve_key, "/keys/worker");
+    ASSERT_STR_EQ(o.curve_key, "/keys/worker");
     assert_null(o.curve_server);
     setenv("SS_CURVE_SERVER", "/keys/router.pub", 1);
     ss_link_opts_init(&o);
-    assert_string_equal(o.curve_server, "/keys/router.pub");
+    ASSERT_STR_EQ(o.curve_server, "/keys/router.pub");
     unsetenv("SS_CURVE_KEY");
     unsetenv("SS_CURVE_SERVER");
 }
@@ -381,39 +296,24 @@ static void link_opts_from_environment(void **state)
 
 typedef struct {
     void *zctx;
-    ss_router_t *r;
-    volatile int stop;
-    ss_err rc;
-    pthread_t th;
+    test_router tr;
     char key[300], pub[300], allow[300];   /* router's key files, allow-list dir */
 } router_run;
-
-static void *router_thread(void *arg)
-{
-    router_run *rr = arg;
-    rr->rc = ss_router_run(rr->r, &rr->stop);
-    return NULL;
-}
 
 /* Keys: router "rk" (its .pub is what clients name), clients "good" and
  * "good2" in the allow-list directory, "stranger" outside it. */
 static void make_keys(router_run *rr)
 {
-    char err[512], path[300], cmd[400];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/allowed'", tmpdir);
-    assert_int_equal(system(cmd), 0);
-    path_in(rr->key, sizeof rr->key, "rk");
-    snprintf(rr->pub, sizeof rr->pub, "%s/rk.pub", tmpdir);
-    path_in(rr->allow, sizeof rr->allow, "allowed");
+    char err[512];
+    assert_int_equal(mkdir(test_path("allowed"), 0700), 0);
+    snprintf(rr->key, sizeof rr->key, "%s", test_path("rk"));
+    snprintf(rr->pub, sizeof rr->pub, "%s", test_path("rk.pub"));
+    snprintf(rr->allow, sizeof rr->allow, "%s", test_path("allowed"));
     assert_int_equal(ss_curve_keygen(rr->key, err, sizeof err), SS_OK);
-    assert_int_equal(ss_curve_keygen(path_in(path, sizeof path, "allowed/good"), err, sizeof err),
-                     SS_OK);
-    assert_int_equal(ss_curve_keygen(path_in(path, sizeof path, "allowed/good2"), err,
-                                     sizeof err), SS_OK);
-    assert_int_equal(ss_curve_keygen(path_in(path, sizeof path, "stranger"), err, sizeof err),
-                     SS_OK);
-    assert_int_equal(ss_curve_keygen(path_in(path, sizeof path, "other-router"), err, sizeof err),
-                     SS_OK);
+    assert_int_equal(ss_curve_keygen(test_path("allowed/good"), err, sizeof err), SS_OK);
+    assert_int_equal(ss_curve_keygen(test_path("allowed/good2"), err, sizeof err), SS_OK);
+    assert_int_equal(ss_curve_keygen(test_path("stranger"), err, sizeof err), SS_OK);
+    assert_int_equal(ss_curve_keygen(test_path("other-router"), err, sizeof err), SS_OK);
 }
 
 static void router_start(router_run *rr, int curve)
@@ -429,29 +329,18 @@ static void router_start(router_run *rr, int curve)
         o.curve_key = rr->key;
         o.curve_allow = rr->allow;
     }
-    char err[1024];
     rr->zctx = zmq_ctx_new();
     assert_non_null(rr->zctx);
-    rr->rc = SS_ERR__COUNT;
-    rr->stop = 0;
-    if (ss_router_new(rr->zctx, &o, &rr->r, err, sizeof err) != SS_OK)
-        fail_msg("router: %s", err);
-    assert_int_equal(pthread_create(&rr->th, NULL, router_thread, rr), 0);
+    test_router_start(&rr->tr, rr->zctx, &o);
 }
 
+/* Wait for the router to end (at most secs), take its statistics, destroy it. */
 static ss_err router_finish(router_run *rr, int secs, ss_router_stats *st)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += secs;
-    if (pthread_timedjoin_np(rr->th, NULL, &ts) != 0) {
-        rr->stop = 1;
-        pthread_join(rr->th, NULL);
-        fail_msg("the router did not finish within %d s", secs);
-    }
-    ss_router_get_stats(rr->r, st);
-    ss_router_destroy(&rr->r);
-    return rr->rc;
+    ss_err rc = test_router_finish(&rr->tr, secs);
+    ss_router_get_stats(rr->tr.r, st);
+    ss_router_destroy(&rr->tr.r);
+    return rc;
 }
 
 static ss_link_opts link_opts(const char *name, const char *key, const char *server)
@@ -486,17 +375,7 @@ static void publish_batches(ss_producer_t *p, uint64_t id, int first, int n)
 static void publish_eos(ss_producer_t *p, uint64_t id, uint64_t seq)
 {
     msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    msgpack_pack_str(&pk, 7);
-    msgpack_pack_str_body(&pk, "members", 7);
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint64(&pk, id);
-    msgpack_pack_str(&pk, 5);
-    msgpack_pack_str_body(&pk, "stats", 5);
-    msgpack_pack_map(&pk, 0);
+    test_eos_payload(&sb, &id, 1, NULL, 0, 0);
     ss_header_t h = { SS_MSG_EOS, 0, STREAM, id, seq, 1, 0 };
     assert_int_equal(ss_producer_publish(p, &h, "", 0, sb.data, sb.size, NULL), SS_OK);
     msgpack_sbuffer_destroy(&sb);
@@ -533,16 +412,16 @@ static void allowed_clients_move_batches(void **state)
     make_keys(&rr);
     router_start(&rr, 1);
     char good[300], good2[300], err[1024];
-    path_in(good, sizeof good, "allowed/good");
-    path_in(good2, sizeof good2, "allowed/good2");
+    snprintf(good, sizeof good, "%s", test_path("allowed/good"));
+    snprintf(good2, sizeof good2, "%s", test_path("allowed/good2"));
     ss_link_opts co = link_opts("curve-consumer", good2, rr.pub);
     ss_consumer_t *c = NULL;
-    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &co, &c, err, sizeof err) != SS_OK)
+    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &co, &c, err, sizeof err) != SS_OK)
         fail_msg("consumer: %s", err);
     ss_link_opts po = link_opts("curve-producer", good, rr.pub);
     po.id = 0xc0de;
     ss_producer_t *p = NULL;
-    if (ss_producer_new(rr.zctx, ss_router_frontend(rr.r), &po, NULL, NULL, &p, err,
+    if (ss_producer_new(rr.zctx, ss_router_frontend(rr.tr.r), &po, NULL, NULL, &p, err,
                         sizeof err) != SS_OK)
         fail_msg("producer: %s", err);
     publish_batches(p, 0xc0de, 0, 200);
@@ -565,23 +444,22 @@ static void unknown_and_plain_clients_are_refused(void **state)
     router_run rr;
     memset(&rr, 0, sizeof rr);
     make_keys(&rr);
-    static capture cap;   /* the teardown may need it after a failure */
-    capture_start(&cap);
+    test_capture_start();   /* the teardown ends it if the test fails */
     router_start(&rr, 1);
     char good[300], stranger[300], err[1024];
-    path_in(good, sizeof good, "allowed/good");
-    path_in(stranger, sizeof stranger, "stranger");
+    snprintf(good, sizeof good, "%s", test_path("allowed/good"));
+    snprintf(stranger, sizeof stranger, "%s", test_path("stranger"));
     char stranger_pub[SS_Z85_KEY];
     assert_int_equal(ss_curve_load_public(stranger, stranger_pub, err, sizeof err), SS_OK);
 
     ss_link_opts co = link_opts("allowed-consumer", good, rr.pub);
     ss_consumer_t *c = NULL;
-    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &co, &c, err, sizeof err) != SS_OK)
+    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &co, &c, err, sizeof err) != SS_OK)
         fail_msg("consumer: %s", err);
     ss_link_opts po = link_opts("allowed-producer", good, rr.pub);
     po.id = 0xa11;
     ss_producer_t *p = NULL;
-    if (ss_producer_new(rr.zctx, ss_router_frontend(rr.r), &po, NULL, NULL, &p, err,
+    if (ss_producer_new(rr.zctx, ss_router_frontend(rr.tr.r), &po, NULL, NULL, &p, err,
                         sizeof err) != SS_OK)
         fail_msg("producer: %s", err);
     publish_batches(p, 0xa11, 0, 50);
@@ -590,43 +468,43 @@ static void unknown_and_plain_clients_are_refused(void **state)
     ss_link_opts so = link_opts("stranger", stranger, rr.pub);
     ss_producer_t *sp = NULL;
     int64_t t0 = ss_now_ms();
-    assert_int_equal(ss_producer_new(rr.zctx, ss_router_frontend(rr.r), &so, NULL, NULL, &sp,
+    assert_int_equal(ss_producer_new(rr.zctx, ss_router_frontend(rr.tr.r), &so, NULL, NULL, &sp,
                                      err, sizeof err), SS_ERR_CRYPTO);
-    assert_true(ss_now_ms() - t0 < JOIN_MS);
+    ASSERT_INT_LT(ss_now_ms() - t0, JOIN_MS);
     assert_null(sp);
     char expect[512];
     snprintf(expect, sizeof expect, "the router at %s refused this client's CurveZMQ key "
-             "(public key %s", ss_router_frontend(rr.r), stranger_pub);
-    ASSERT_HAS(err, expect);
+             "(public key %s", ss_router_frontend(rr.tr.r), stranger_pub);
+    ASSERT_CONTAINS(err, expect);
     ss_consumer_t *sc = NULL;
-    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &so, &sc, err, sizeof err),
+    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &so, &sc, err, sizeof err),
                      SS_ERR_CRYPTO);
-    ASSERT_HAS(err, "refused this client's CurveZMQ key");
+    ASSERT_CONTAINS(err, "refused this client's CurveZMQ key");
 
     /* A client without CurveZMQ. */
     ss_link_opts plain = link_opts("plain", NULL, NULL);
     t0 = ss_now_ms();
-    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &plain, &sc, err,
+    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &plain, &sc, err,
                                      sizeof err), SS_ERR_CRYPTO);
-    assert_true(ss_now_ms() - t0 < JOIN_MS);
+    ASSERT_INT_LT(ss_now_ms() - t0, JOIN_MS);
     /* Either the client saw the mechanism mismatch, or the router hung up first. */
-    snprintf(expect, sizeof expect, "the router at %s ", ss_router_backend(rr.r));
-    ASSERT_HAS(err, expect);
-    ASSERT_HAS(err, "requires CurveZMQ: set SS_CURVE_KEY");
+    snprintf(expect, sizeof expect, "the router at %s ", ss_router_backend(rr.tr.r));
+    ASSERT_CONTAINS(err, expect);
+    ASSERT_CONTAINS(err, "requires CurveZMQ: set SS_CURVE_KEY");
 
     /* A client that names another router's public key: the router cannot
      * read its handshake and hangs up; the client gives up after a few. */
     char wrong[300];
-    path_in(wrong, sizeof wrong, "other-router.pub");
+    snprintf(wrong, sizeof wrong, "%s", test_path("other-router.pub"));
     ss_link_opts wo = link_opts("wrong-server", good, wrong);
     t0 = ss_now_ms();
-    assert_int_equal(ss_producer_new(rr.zctx, ss_router_frontend(rr.r), &wo, NULL, NULL, &sp,
+    assert_int_equal(ss_producer_new(rr.zctx, ss_router_frontend(rr.tr.r), &wo, NULL, NULL, &sp,
                                      err, sizeof err), SS_ERR_CRYPTO);
-    assert_true(ss_now_ms() - t0 < JOIN_MS);
+    ASSERT_INT_LT(ss_now_ms() - t0, JOIN_MS);
     snprintf(expect, sizeof expect, "the router at %s closed the connection during the CurveZMQ "
              "handshake 5 times in a row: is SS_CURVE_SERVER the public key of this router",
-             ss_router_frontend(rr.r));
-    ASSERT_HAS(err, expect);
+             ss_router_frontend(rr.tr.r));
+    ASSERT_CONTAINS(err, expect);
 
     /* An unknown key with a router that answers nothing in time: the join
      * timeout names CurveZMQ. (A plain ROUTER socket that never answers.) */
@@ -645,7 +523,7 @@ static void unknown_and_plain_clients_are_refused(void **state)
                      SS_ERR_TIMEOUT);
     snprintf(expect, sizeof expect, "no router answered at %s within 0.4 s (with CurveZMQ: is "
              "this client's key in the router's allow-list?)", mute_addr);
-    assert_string_equal(err, expect);
+    ASSERT_STR_EQ(err, expect);
     zmq_close(mute);
 
     /* The allowed clients are still served. */
@@ -655,19 +533,20 @@ static void unknown_and_plain_clients_are_refused(void **state)
     consume_eos(c);
     ss_router_stats st;
     assert_int_equal(router_finish(&rr, 10, &st), SS_OK);
-    char *log = capture_stop(&cap);
+    char *log = test_capture_stop();
     assert_int_equal(st.batches_in, 100);
-    assert_true(st.auth_refused >= 3);   /* stranger twice, plain once, wrong key */
+    ASSERT_UINT_GE(st.auth_refused, 3);   /* stranger twice, plain once, wrong key */
     snprintf(expect, sizeof expect, "refused a CURVE client from 127.0.0.1 with public key %s: "
              "not in the allow-list (%s)", stranger_pub, rr.allow);
-    ASSERT_HAS(log, expect);
-    ASSERT_HAS(log, "refused a client on the backend");   /* the plain one */
-    ASSERT_HAS(log, "its CurveZMQ handshake does not decrypt");
-    ASSERT_HAS(log, "CurveZMQ: server public key");
+    ASSERT_CONTAINS(log, expect);
+    ASSERT_CONTAINS(log, "refused a client on the backend");   /* the plain one */
+    ASSERT_CONTAINS(log, "its CurveZMQ handshake does not decrypt");
+    ASSERT_CONTAINS(log, "CurveZMQ: server public key");
     /* One line for the stranger's key however often it came back. */
     const char *first = strstr(log, stranger_pub);
     assert_non_null(first);
-    assert_null(strstr(strstr(first, "\n"), "with public key"));
+    ASSERT_NOT_CONTAINS(strstr(first, "\n"), "with public key");
+    free(log);
     ss_producer_destroy(&p);
     ss_consumer_destroy(&c);
     zmq_ctx_term(rr.zctx);
@@ -680,20 +559,20 @@ static void curve_client_of_plain_router(void **state)
     make_keys(&rr);
     router_start(&rr, 0);
     char good[300], err[1024];
-    path_in(good, sizeof good, "allowed/good");
+    snprintf(good, sizeof good, "%s", test_path("allowed/good"));
     ss_link_opts o = link_opts("curve-only", good, rr.pub);
     ss_consumer_t *c = NULL;
     int64_t t0 = ss_now_ms();
-    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &o, &c, err, sizeof err),
+    assert_int_equal(ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &o, &c, err, sizeof err),
                      SS_ERR_CRYPTO);
-    assert_true(ss_now_ms() - t0 < JOIN_MS);
-    ASSERT_HAS(err, "does not use CurveZMQ, but this link does");
+    ASSERT_INT_LT(ss_now_ms() - t0, JOIN_MS);
+    ASSERT_CONTAINS(err, "does not use CurveZMQ, but this link does");
     /* A plain client still joins a plain router. */
     o = link_opts("plain", NULL, NULL);
-    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.r), &o, &c, err, sizeof err) != SS_OK)
+    if (ss_consumer_new(rr.zctx, ss_router_backend(rr.tr.r), &o, &c, err, sizeof err) != SS_OK)
         fail_msg("plain consumer: %s", err);
     ss_consumer_destroy(&c);
-    rr.stop = 1;
+    rr.tr.stop = 1;
     ss_router_stats st;
     assert_int_equal(router_finish(&rr, 5, &st), SS_ERR_CLOSED);
     assert_int_equal(st.auth_refused, 0);
@@ -706,28 +585,28 @@ static void half_configured_is_a_usage_error(void **state)
     memset(&rr, 0, sizeof rr);
     make_keys(&rr);
     char good[300], err[1024];
-    path_in(good, sizeof good, "allowed/good");
+    snprintf(good, sizeof good, "%s", test_path("allowed/good"));
     void *zctx = zmq_ctx_new();
     ss_producer_t *p = NULL;
     ss_link_opts o = link_opts("half", good, NULL);
     assert_int_equal(ss_producer_new(zctx, "tcp://127.0.0.1:1", &o, NULL, NULL, &p, err,
                                      sizeof err), SS_ERR_USAGE);
-    ASSERT_HAS(err, "tcp://127.0.0.1:1");
-    ASSERT_HAS(err, "not the router's public key file (SS_CURVE_SERVER)");
+    ASSERT_CONTAINS(err, "tcp://127.0.0.1:1");
+    ASSERT_CONTAINS(err, "not the router's public key file (SS_CURVE_SERVER)");
     ss_consumer_t *c = NULL;
     o = link_opts("half", NULL, rr.pub);
     assert_int_equal(ss_consumer_new(zctx, "tcp://127.0.0.1:1", &o, &c, err, sizeof err),
                      SS_ERR_USAGE);
-    ASSERT_HAS(err, "not this client's secret key file (SS_CURVE_KEY)");
+    ASSERT_CONTAINS(err, "not this client's secret key file (SS_CURVE_KEY)");
     assert_null(c);
     /* A key that does not load is named. */
     char loose[300];
-    path_in(loose, sizeof loose, "allowed/good2");
+    snprintf(loose, sizeof loose, "%s", test_path("allowed/good2"));
     assert_int_equal(chmod(loose, 0644), 0);
     o = link_opts("loose", loose, rr.pub);
     assert_int_equal(ss_consumer_new(zctx, "tcp://127.0.0.1:1", &o, &c, err, sizeof err),
                      SS_ERR_CRYPTO);
-    ASSERT_HAS(err, "readable or writable by others (mode 0644)");
+    ASSERT_CONTAINS(err, "readable or writable by others (mode 0644)");
 
     ss_router_opts ro;
     ss_router_opts_init(&ro);
@@ -735,7 +614,7 @@ static void half_configured_is_a_usage_error(void **state)
     ro.curve_key = rr.key;
     ss_router_t *r = NULL;
     assert_int_equal(ss_router_new(zctx, &ro, &r, err, sizeof err), SS_ERR_USAGE);
-    ASSERT_HAS(err, "--curve-allow");
+    ASSERT_CONTAINS(err, "--curve-allow");
     ro.curve_key = NULL;
     ro.curve_allow = rr.allow;
     assert_int_equal(ss_router_new(zctx, &ro, &r, err, sizeof err), SS_ERR_USAGE);
@@ -743,13 +622,13 @@ static void half_configured_is_a_usage_error(void **state)
     /* A router given its public key file instead of its secret key. */
     ro.curve_key = rr.pub;
     assert_int_equal(ss_router_new(zctx, &ro, &r, err, sizeof err), SS_ERR_FORMAT);
-    ASSERT_HAS(err, "a public key file");
+    ASSERT_CONTAINS(err, "a public key file");
     /* Two CurveZMQ routers cannot share a context (one ZAP endpoint). */
     ro.curve_key = rr.key;
     ss_router_t *r2 = NULL;
     assert_int_equal(ss_router_new(zctx, &ro, &r, err, sizeof err), SS_OK);
     assert_int_equal(ss_router_new(zctx, &ro, &r2, err, sizeof err), SS_ERR_IO);
-    ASSERT_HAS(err, "one CurveZMQ router per ZeroMQ context");
+    ASSERT_CONTAINS(err, "one CurveZMQ router per ZeroMQ context");
     ss_router_destroy(&r);
     /* ... but one may follow another. */
     assert_int_equal(ss_router_new(zctx, &ro, &r, err, sizeof err), SS_OK);
@@ -763,18 +642,18 @@ int main(void)
     if (getenv("TEST_FILTER"))
         cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(keygen_writes_both_files, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(secret_readable_by_others_is_refused, setup_dir,
-                                        teardown_dir),
-        cmocka_unit_test_setup_teardown(malformed_key_files, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(allow_list_forms, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(link_opts_from_environment, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(allowed_clients_move_batches, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(unknown_and_plain_clients_are_refused, setup_dir,
-                                        teardown_dir),
-        cmocka_unit_test_setup_teardown(curve_client_of_plain_router, setup_dir, teardown_dir),
-        cmocka_unit_test_setup_teardown(half_configured_is_a_usage_error, setup_dir,
-                                        teardown_dir),
+        cmocka_unit_test_setup_teardown(keygen_writes_both_files, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(secret_readable_by_others_is_refused, setup,
+                                        test_dir_teardown),
+        cmocka_unit_test_setup_teardown(malformed_key_files, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(allow_list_forms, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(link_opts_from_environment, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(allowed_clients_move_batches, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(unknown_and_plain_clients_are_refused, setup,
+                                        test_dir_teardown),
+        cmocka_unit_test_setup_teardown(curve_client_of_plain_router, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(half_configured_is_a_usage_error, setup,
+                                        test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,11 +12,7 @@
  * This binary is also the enclave program of its isolated enclaves: run as
  * `test_enclave enclave-child ...` it is the child (ss_enclave_child_main).
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "wire/codec.h"
 #include "crypto/crypto.h"
@@ -46,7 +42,7 @@
 #define SOURCE 0x5555666677778888ull         /* the lineage source of our inputs */
 #define PRODUCER_OUT 0x0123456789abcdefull   /* the enclave's producer id */
 
-static char dir[64];
+static const char *dir;   /* the temporary directory of the run */
 static char keyfile[128];
 static ss_key_t key;
 static ss_envelope_t *upstream;   /* seals the inputs (one session for the run) */
@@ -55,29 +51,6 @@ static uint64_t upstream_seq = 100;
 static const char *const backends[] = { "isolated", "inprocess" };
 
 /* ---- helpers ------------------------------------------------------------- */
-
-static const char *tpath(const char *name)
-{
-    static char buf[16][256];
-    static int n;
-    char *p = buf[n++ % 16];
-    snprintf(p, sizeof buf[0], "%s/%s", dir, name);
-    return p;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
-}
-
-static int exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
 
 /* A sealed input message, as a router would deliver it. */
 typedef struct {
@@ -192,16 +165,10 @@ static ss_enclave_t *start(const char *backend, const char *script, size_t heap,
 
 static const char *script(const char *name, const char *text)
 {
-    const char *path = tpath(name);
-    write_file(path, text);
+    const char *path = test_path(name);
+    test_write_text(path, text);
     return path;
 }
-
-#define assert_contains(haystack, needle)                                                 \
-    do {                                                                                  \
-        if (!strstr((haystack), (needle)))                                                \
-            fail_msg("expected \"%s\" in \"%s\"", (needle), (haystack));                  \
-    } while (0)
 
 /* ---- round trips ------------------------------------------------------------ */
 
@@ -307,7 +274,7 @@ static void reduce_keeps_state(void **state)
         free_input(&in);
         make_input(&in, "8", 14, 1, SS_DEFAULT_STREAM);
         assert_int_equal(call(e, &in, 24, 1, &r), SS_ERR_USAGE);
-        assert_contains(r.message, "flush the open group before a redelivered batch");
+        ASSERT_CONTAINS(r.message, "flush the open group before a redelivered batch");
         assert_int_equal(ss_enclave_flush(e, 25, &r), SS_OK);
         open_output(&r, out, sizeof out);
         assert_string_equal(out, "sum=7");
@@ -364,11 +331,11 @@ static void child_is_locked_down(void **state)
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = 0;
-    assert_contains(buf, "Seccomp:\t2");
-    assert_contains(buf, "NoNewPrivs:\t1");
+    ASSERT_CONTAINS(buf, "Seccomp:\t2");
+    ASSERT_CONTAINS(buf, "NoNewPrivs:\t1");
     /* the same measurement as computed from outside */
     char m[65], err[256];
-    assert_int_equal(ss_enclave_measure(tpath("map.lua"), 0, m, err, sizeof err), SS_OK);
+    assert_int_equal(ss_enclave_measure(test_path("map.lua"), 0, m, err, sizeof err), SS_OK);
     assert_string_equal(m, ss_enclave_measurement(e));
     ss_enclave_destroy(&e);
     /* gone after destroy */
@@ -383,11 +350,11 @@ static void measurement(void **state)
     assert_int_equal(ss_enclave_measure("return 2", 1, b, err, sizeof err), SS_OK);
     assert_int_equal(strlen(a), 64);
     assert_string_not_equal(a, b);
-    write_file(tpath("m.lua"), "return 1");
-    assert_int_equal(ss_enclave_measure(tpath("m.lua"), 0, c, err, sizeof err), SS_OK);
+    test_write_text(test_path("m.lua"), "return 1");
+    assert_int_equal(ss_enclave_measure(test_path("m.lua"), 0, c, err, sizeof err), SS_OK);
     assert_string_equal(a, c);
-    assert_int_not_equal(ss_enclave_measure(tpath("none.lua"), 0, c, err, sizeof err), SS_OK);
-    assert_contains(err, "none.lua");
+    assert_int_not_equal(ss_enclave_measure(test_path("none.lua"), 0, c, err, sizeof err), SS_OK);
+    ASSERT_CONTAINS(err, "none.lua");
 }
 
 /* The forked test process installs the very filter the enclave uses, then
@@ -551,8 +518,8 @@ static void hostile_records(void **state)
                 assert_int_equal(r.skipped, 1);
                 assert_int_equal(r.out, 1);
                 assert_string_equal(out, "ok");
-                assert_contains(r.message, cases[i].message);
-                assert_contains(r.message, "stage test, event 1 of batch 1111222233334444#");
+                ASSERT_CONTAINS(r.message, cases[i].message);
+                ASSERT_CONTAINS(r.message, "stage test, event 1 of batch 1111222233334444#");
             } else {
                 assert_int_equal(r.skipped, 0);
                 assert_string_equal(out, "env ok|ok");
@@ -560,10 +527,10 @@ static void hostile_records(void **state)
             if (pid)
                 assert_int_equal(kill(pid, 0), 0);   /* still there */
         }
-        assert_false(exists(tpath("x")));
-        assert_false(exists(tpath("y")));
-        assert_false(exists(tpath("z")));
-        assert_true(exists(dir));
+        assert_false(test_exists(test_path("x")));
+        assert_false(test_exists(test_path("y")));
+        assert_false(test_exists(test_path("z")));
+        assert_true(test_exists(dir));
         ss_enclave_destroy(&e);
     }
 }
@@ -587,8 +554,8 @@ static void budget_per_record(void **state)
         free_input(&in);
         assert_int_equal(r.skipped, 1);
         assert_int_equal(r.out, 65);
-        assert_contains(r.message, BUDGET_EXCEEDED);
-        assert_contains(r.message, "event 65 of batch");
+        ASSERT_CONTAINS(r.message, BUDGET_EXCEEDED);
+        ASSERT_CONTAINS(r.message, "event 65 of batch");
         ss_enclave_destroy(&e);
     }
 }
@@ -605,9 +572,9 @@ static void fail_policy(void **state)
         assert_int_equal(call(e, &in, 1, 0, &r), SS_ERR_LUA);
         free_input(&in);
         assert_false(r.has_output);
-        assert_contains(r.message, "stopped by the error policy (on_error = fail)");
-        assert_contains(r.message, "stage test, event 2 of batch 1111222233334444#");
-        assert_contains(r.message, "os.exit is not available in the enclave");
+        ASSERT_CONTAINS(r.message, "stopped by the error policy (on_error = fail)");
+        ASSERT_CONTAINS(r.message, "stage test, event 2 of batch 1111222233334444#");
+        ASSERT_CONTAINS(r.message, "os.exit is not available in the enclave");
         ss_enclave_destroy(&e);
     }
 }
@@ -628,7 +595,7 @@ static void rejected_batches(void **state)
         assert_int_equal(call(e, &in, 1, 0, &r), SS_OK);
         assert_int_equal(r.rejected, 1);
         assert_false(r.has_output);
-        assert_contains(r.message, "authentication failed");
+        ASSERT_CONTAINS(r.message, "authentication failed");
         in.payload[in.payload_len / 2] ^= 1;
         in.header[32] ^= 1;   /* origin */
         assert_int_equal(call(e, &in, 2, 0, &r), SS_OK);
@@ -640,13 +607,13 @@ static void rejected_batches(void **state)
         assert_true(r.has_output);
         assert_int_equal(call(e, &in, 4, 0, &r), SS_OK);
         assert_int_equal(r.rejected, 1);
-        assert_contains(r.message, "replayed");
+        ASSERT_CONTAINS(r.message, "replayed");
         free_input(&in);
         /* another pipeline's batch, sealed with the right key */
         make_input(&in, "a", 2, 1, SS_DEFAULT_STREAM + 1);
         assert_int_equal(call(e, &in, 5, 0, &r), SS_OK);
         assert_int_equal(r.rejected, 1);
-        assert_contains(r.message, "another pipeline");
+        ASSERT_CONTAINS(r.message, "another pipeline");
         free_input(&in);
         /* a batch under another key */
         ss_key_t other;
@@ -658,7 +625,7 @@ static void rejected_batches(void **state)
         upstream = saved;
         assert_int_equal(call(e, &in, 6, 0, &r), SS_OK);
         assert_int_equal(r.rejected, 1);
-        assert_contains(r.message, "sealed with another key");
+        ASSERT_CONTAINS(r.message, "sealed with another key");
         free_input(&in);
         /* and the enclave still works */
         make_input(&in, "c", 4, 1, SS_DEFAULT_STREAM);
@@ -713,7 +680,7 @@ static void refused_batches(void **state)
             assert_int_equal(r.refused, 1);
             assert_int_equal(r.rejected, 0);
             assert_false(r.has_output);
-            assert_contains(r.message, "refused batch");
+            ASSERT_CONTAINS(r.message, "refused batch");
             free_input(&in);
         }
         /* a batch near the message limit goes through both ways */
@@ -790,17 +757,17 @@ static void startup_errors(void **state)
             char err[1024] = "";
             assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), bad[i].rc);
             assert_null(e);
-            assert_contains(err, bad[i].message);
+            ASSERT_CONTAINS(err, bad[i].message);
         }
         ss_enclave_opts o;
         assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
         o.backend = backends[b];
-        o.script = tpath("map.lua");
-        o.key_file = tpath("no-such-key");
+        o.script = test_path("map.lua");
+        o.key_file = test_path("no-such-key");
         ss_enclave_t *e = NULL;
         char err[1024] = "";
         assert_int_not_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_OK);
-        assert_contains(err, "no-such-key");
+        ASSERT_CONTAINS(err, "no-such-key");
     }
     ss_enclave_opts o;
     assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
@@ -810,11 +777,11 @@ static void startup_errors(void **state)
     ss_enclave_t *e = NULL;
     char err[256];
     assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_ERR_USAGE);
-    assert_contains(err, "planned");
+    ASSERT_CONTAINS(err, "planned");
     o.backend = "inprocess";
     setenv("SS_ENCLAVE_HEAP", "lots", 1);
     assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_ERR_USAGE);
-    assert_contains(err, "SS_ENCLAVE_HEAP");
+    ASSERT_CONTAINS(err, "SS_ENCLAVE_HEAP");
     unsetenv("SS_ENCLAVE_HEAP");
 }
 
@@ -844,7 +811,7 @@ static void code_text(void **state)
         char out[64];
         open_output(&r, out, sizeof out);
         assert_string_equal(out, "a!");
-        assert_contains(r.message, "sgx-rx stage:1: boom");
+        ASSERT_CONTAINS(r.message, "sgx-rx stage:1: boom");
         ss_enclave_destroy(&e);
     }
 }
@@ -855,11 +822,7 @@ int main(int argc, char **argv)
         return ss_enclave_child_main(argc - 1, argv + 1);
     alarm(240);   /* bounds the whole run */
     assert_int_equal(ss_crypto_init(), SS_OK);
-    snprintf(dir, sizeof dir, "/tmp/ss-test-enclave-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    dir = test_dir_make();
     snprintf(keyfile, sizeof keyfile, "%s/data.key", dir);
     char err[256];
     ss_key_generate(&key);
@@ -887,9 +850,6 @@ int main(int argc, char **argv)
     ss_envelope_destroy(&upstream);
     ss_envelope_destroy(&downstream);
     ss_key_cleanup(&key);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    test_dir_remove();
     return failed;
 }

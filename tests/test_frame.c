@@ -4,11 +4,7 @@
  * version, kind or type is refused, lineage frames are checked and
  * normalised.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "wire/frame.h"
 

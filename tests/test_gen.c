@@ -3,11 +3,7 @@
  * fields per row, determinism, row size, the NA rules of cancelled and
  * diverted flights, delay causes, carriers, and the command line.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "cli.h"
 #include "pipeline/gen.h"
@@ -15,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define NCOLS 29
 
@@ -44,7 +39,7 @@ static blob generate(uint64_t rows, uint64_t seed)
     assert_non_null(f);
     assert_int_equal(ss_gen_flights(f, rows, seed), SS_OK);
     long n = ftell(f);
-    assert_true(n > 0);
+    ASSERT_INT_GT(n, 0);
     blob b = {malloc((size_t)n + 1), (size_t)n};
     assert_non_null(b.data);
     rewind(f);
@@ -124,7 +119,7 @@ static void test_deterministic(void **state)
     assert_true(a.len != c.len || memcmp(a.data, c.data, a.len) != 0);
     /* a shorter run is a prefix of a longer one */
     blob d = generate(1000, 42);
-    assert_true(d.len < a.len);
+    ASSERT_UINT_LT(d.len, a.len);
     assert_memory_equal(d.data, a.data, d.len);
     free(a.data);
     free(b.data);
@@ -156,21 +151,28 @@ static void test_values(void **state)
     for (int r = 0; r < rows; r++) {
         assert_int_equal(split(p, f, NCOLS, &p), NCOLS);
         int year = atoi(f[YEAR]), month = atoi(f[MONTH]), day = atoi(f[DAY]), dow = atoi(f[DOW]);
-        assert_true(year >= 2005 && year <= 2008);
-        assert_true(month >= 1 && month <= 12);
-        assert_true(day >= 1 && day <= 31);
-        assert_true(dow >= 1 && dow <= 7);
+        ASSERT_INT_GE(year, 2005);
+        ASSERT_INT_LE(year, 2008);
+        ASSERT_INT_GE(month, 1);
+        ASSERT_INT_LE(month, 12);
+        ASSERT_INT_GE(day, 1);
+        ASSERT_INT_LE(day, 31);
+        ASSERT_INT_GE(dow, 1);
+        ASSERT_INT_LE(dow, 7);
         assert_int_equal(strlen(f[ORIGIN]), 3);
         assert_int_equal(strlen(f[DEST]), 3);
         assert_string_not_equal(f[ORIGIN], f[DEST]);
-        assert_true(strlen(f[TAIL]) == 6 && f[TAIL][0] == 'N');
-        assert_true(is_int(f[DISTANCE]) && atoi(f[DISTANCE]) > 0);
+        ASSERT_UINT_EQ(strlen(f[TAIL]), 6);
+        ASSERT_INT_EQ(f[TAIL][0], 'N');
+        assert_true(is_int(f[DISTANCE]));
+        ASSERT_INT_GT(atoi(f[DISTANCE]), 0);
 
         int seen = 0;
         for (int i = 0; i < ncarriers && !seen; i++)
             seen = strcmp(carriers[i], f[CARRIER]) == 0;
         if (!seen) {
-            assert_true(ncarriers < 64 && strlen(f[CARRIER]) == 2);
+            ASSERT_INT_LT(ncarriers, 64);
+            ASSERT_UINT_EQ(strlen(f[CARRIER]), 2);
             strcpy(carriers[ncarriers++], f[CARRIER]);
         }
 
@@ -180,7 +182,8 @@ static void test_values(void **state)
             assert_string_equal(f[DEPDELAY], "NA");
             assert_string_equal(f[DEPTIME], "NA");
             assert_string_equal(f[ARRTIME], "NA");
-            assert_true(strlen(f[CODE]) == 1 && strchr("ABCD", f[CODE][0]));
+            ASSERT_UINT_EQ(strlen(f[CODE]), 1);
+            ASSERT_CONTAINS("ABCD", f[CODE]);
             assert_string_equal(f[CAUSE1], "NA");
             continue;
         }
@@ -207,7 +210,8 @@ static void test_values(void **state)
             with_causes++;
             int sum = 0;
             for (int c = CAUSE1; c < CAUSE1 + 5; c++) {
-                assert_true(is_int(f[c]) && atoi(f[c]) >= 0);
+                assert_true(is_int(f[c]));
+                ASSERT_INT_GE(atoi(f[c]), 0);
                 sum += atoi(f[c]);
             }
             assert_int_equal(sum, arr);
@@ -225,9 +229,9 @@ static void test_values(void **state)
     int flown = positive + negative + zero;
     if (positive < flown * 38 / 100 || positive > flown * 52 / 100)
         fail_msg("%d of %d ArrDelay > 0", positive, flown);
-    assert_true(negative > flown / 4);
-    assert_true(zero > 0);
-    assert_true(with_causes > flown / 10);
+    ASSERT_INT_GT(negative, flown / 4);
+    ASSERT_INT_GT(zero, 0);
+    ASSERT_INT_GT(with_causes, flown / 10);
     if (max_delay < 200)
         fail_msg("longest delay %d: no long tail", max_delay);
     free(b.data);
@@ -236,11 +240,9 @@ static void test_values(void **state)
 static void test_write_error(void **state)
 {
     (void)state;
-    char path[] = "/tmp/test_gen_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    unlink(path);
-    FILE *f = fdopen(fd, "r");   /* read-only: every write fails */
+    const char *path = test_path("out.csv");
+    test_write_text(path, "");
+    FILE *f = fopen(path, "r");   /* read-only: every write fails */
     assert_non_null(f);
     assert_int_equal(ss_gen_flights(f, 50000, 1), SS_ERR_IO);
     fclose(f);
@@ -254,10 +256,9 @@ static int cmd(int argc, const char *const *argv)
 static void test_command_line(void **state)
 {
     (void)state;
-    char path[] = "/tmp/test_gen_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    char path[512];
+    snprintf(path, sizeof path, "%s", test_path("flights.csv"));
+    test_write_text(path, "");
 
     const char *ok[] = {"gen", "flights", "--rows", "300", "--seed", "9", "-o", path};
     assert_int_equal(cmd(8, ok), 0);
@@ -270,7 +271,7 @@ static void test_command_line(void **state)
     assert_memory_equal(got, want.data, want.len);
     fclose(f);
 
-    char opt[64];
+    char opt[600];
     snprintf(opt, sizeof opt, "--output=%s", path);
     const char *eq[] = {"gen", "--rows=300", opt, "flights", "--seed=9"};
     assert_int_equal(cmd(5, eq), 0);
@@ -311,68 +312,22 @@ static void test_command_line(void **state)
     }
 
     /* a path under a regular file cannot be opened: exit 1, not 2 */
-    char below[64];
+    char below[600];
     snprintf(below, sizeof below, "%s/x.csv", path);
     const char *unwritable[] = {"gen", "flights", "--rows", "1", "-o", below};
     assert_int_equal(cmd(6, unwritable), 1);
-    unlink(path);
-}
-
-/* The one integer parser every command uses (common.c): bases, suffixes,
- * bounds, and what it refuses. */
-static void test_parse_u64(void **state)
-{
-    (void)state;
-    static const struct {
-        const char *s;
-        int base, suffix;
-        uint64_t max;
-        int ok;
-        uint64_t want;
-    } cases[] = {
-        { "0", 10, SS_NUM_PLAIN, UINT64_MAX, 1, 0 },
-        { "18446744073709551615", 10, SS_NUM_PLAIN, UINT64_MAX, 1, UINT64_MAX },
-        { "18446744073709551616", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { "0x10", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { "0x10", 0, SS_NUM_PLAIN, UINT64_MAX, 1, 16 },
-        { "010", 0, SS_NUM_PLAIN, UINT64_MAX, 1, 8 },
-        { "", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { " 5", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { "-5", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { "+5", 0, SS_NUM_KMG, UINT64_MAX, 0, 0 },
-        { "5K", 10, SS_NUM_PLAIN, UINT64_MAX, 0, 0 },
-        { "5K", 0, SS_NUM_KMG, UINT64_MAX, 1, 5120 },
-        { "2m", 0, SS_NUM_KMG, UINT64_MAX, 1, 2u << 20 },
-        { "1G", 0, SS_NUM_KMG, UINT64_MAX, 1, 1u << 30 },
-        { "1MB", 0, SS_NUM_KMG, UINT64_MAX, 0, 0 },
-        { "64MiB", 10, SS_NUM_BYTES, UINT64_MAX, 1, 64u << 20 },
-        { "64MB", 10, SS_NUM_BYTES, UINT64_MAX, 1, 64u << 20 },
-        { "64B", 10, SS_NUM_BYTES, UINT64_MAX, 0, 0 },
-        { "1024", 10, SS_NUM_BYTES, 1024, 1, 1024 },
-        { "1025", 10, SS_NUM_BYTES, 1024, 0, 0 },
-        { "1K", 10, SS_NUM_BYTES, 1024, 1, 1024 },
-        { "2K", 10, SS_NUM_BYTES, 1024, 0, 0 },
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        uint64_t v = 12345;
-        int rc = ss_parse_u64(cases[i].s, cases[i].base, cases[i].suffix, cases[i].max, &v);
-        if ((rc == 0) != cases[i].ok || (rc == 0 && v != cases[i].want))
-            fail_msg("'%s' (base %d, suffix %d): rc %d, value %llu", cases[i].s, cases[i].base,
-                     cases[i].suffix, rc, (unsigned long long)v);
-    }
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_header_exact),
         cmocka_unit_test(test_fields_per_row),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_row_size),
         cmocka_unit_test(test_values),
-        cmocka_unit_test(test_write_error),
-        cmocka_unit_test(test_command_line),
+        cmocka_unit_test_setup_teardown(test_write_error, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_command_line, test_dir_setup, test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,11 +5,7 @@
  * and a Lua state over a bounded pool raises "not enough memory" and
  * recovers once its garbage is collected.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "test.h"
 
 #include "enclave/lpool.h"
 
@@ -95,8 +91,9 @@ static void bounded(void **state)
     size_t n = 0;
     while (n < 100000 && (small[n] = ss_pool_alloc(pool, NULL, 0, 48)) != NULL)
         n++;
-    assert_true(n > 10000 && n < 100000);   /* stopped by the bound */
-    assert_true(ss_pool_footprint(pool) <= limit);
+    ASSERT_UINT_GT(n, 10000);   /* stopped by the bound */
+    ASSERT_UINT_LT(n, 100000);
+    ASSERT_UINT_LE(ss_pool_footprint(pool), limit);
     assert_null(ss_pool_alloc(pool, NULL, 0, 4096));
     /* shrinking succeeds at the bound, in place or not */
     void *s = ss_pool_alloc(pool, small[0], 48, 16);
@@ -108,8 +105,8 @@ static void bounded(void **state)
     size_t again = 0;
     while (again < 100000 && (small[again] = ss_pool_alloc(pool, NULL, 0, 48)) != NULL)
         again++;
-    assert_true(again >= n - 1);
-    assert_true(ss_pool_footprint(pool) <= limit);
+    ASSERT_UINT_GE(again, n - 1);
+    ASSERT_UINT_LE(ss_pool_footprint(pool), limit);
     for (size_t i = 0; i < again; i++)
         ss_pool_alloc(pool, small[i], 48, 0);
     ss_pool_close(pool);
@@ -122,7 +119,7 @@ static void bounded(void **state)
     void *shrunk = ss_pool_alloc(pool, big, 60000, 100);
     assert_non_null(shrunk);
     assert_int_equal(((unsigned char *)shrunk)[99], 7);
-    assert_true(ss_pool_footprint(pool) <= (64 << 10));
+    ASSERT_UINT_LE(ss_pool_footprint(pool), 64 << 10);
     ss_pool_alloc(pool, shrunk, 100, 0);
     ss_pool_close(pool);
 }
@@ -144,7 +141,7 @@ static void lua_over_a_bounded_pool(void **state)
     if (lua_pcall(L, 0, 1, 0) != LUA_OK)
         fail_msg("%s", lua_tostring(L, -1));
     assert_int_equal(lua_tointeger(L, -1), 10000);
-    assert_true(ss_pool_footprint(pool) <= (8 << 20));
+    ASSERT_UINT_LE(ss_pool_footprint(pool), 8 << 20);
     lua_close(L);
     ss_pool_close(pool);
 }

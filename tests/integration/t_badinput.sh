@@ -1,5 +1,6 @@
 # Bad input gets a clear message naming where, nothing crashes, nothing is
 # dropped silently.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 SPEC="$ROOT/examples/flights/flights.spec.lua"
 F=$(flights 20000)

@@ -1,8 +1,7 @@
 # The command line: --help everywhere, install, the generator's contract.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
-for c in run gen router source worker sink lua; do
-    check "$c --help exits 0" sh -c "'$SS' $c --help | grep -q usage"
-done
+check_help run gen router source worker sink lua
 check "no command: usage and exit 2" sh -c "'$SS' >/dev/null 2>&1; test \$? -eq 2"
 check "unknown command: exit 2" sh -c "'$SS' frobnicate 2>/dev/null; test \$? -eq 2"
 check "make install PREFIX" sh -c "make -s -C '$ROOT' BUILD='$SS_BUILD' install PREFIX='$T/prefix' >/dev/null && '$T/prefix/bin/securestreams' version"

@@ -3,6 +3,7 @@
 # a file end to end; a client with an unknown key and one without CurveZMQ
 # are refused at once, and the router logs and counts the refusals. The same
 # environment gives `run` a CurveZMQ pipeline.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 if ! "$SS" keygen --help 2>&1 | grep -q -- '--curve'; then
     notok "keygen command missing" "securestreams keygen --curve is not available"
@@ -21,26 +22,8 @@ check "keygen --curve: public file 0644" test "$(stat -c %a "$T/router.pub")" = 
 check "keygen --curve refuses to overwrite" sh -c "! '$SS' keygen --curve -o '$T/router' 2>/dev/null"
 STRANGER_PUB=$(sed -n 's/^public //p' "$T/stranger.pub")
 
-# start_curve_router NAME: like start_router, a CurveZMQ server.
-start_curve_router() {
-    rm -f "$T/$1.ready"
-    "$SS" router --name "$1" --from 'tcp://127.0.0.1:*' --to 'tcp://127.0.0.1:*' \
-        --curve-key "$T/router" --curve-allow "$T/allow" \
-        --ready-fd 3 3>"$T/$1.ready" 2>>"$T/$1.log" &
-    LAST=$!
-    PIDS="$PIDS $LAST"
-    i=0
-    while ! grep -q '^ready' "$T/$1.ready" 2>/dev/null; do
-        i=$((i + 1))
-        [ $i -gt 100 ] && { notok "router $1 starts"; cat "$T/$1.log"; return 1; }
-        sleep 0.05
-    done
-    read -r _ front back <"$T/$1.ready"
-    eval "FRONT_$1=\$front BACK_$1=\$back"
-}
-
 F=$(flights 2000)
-start_curve_router cz || exit 1
+start_router cz --curve-key "$T/router" --curve-allow "$T/allow" || exit 1
 ROUTER=$LAST
 check "router logs CurveZMQ and its allow-list" grep -q "CurveZMQ: server public key .*2 client keys allowed ($T/allow)" "$T/cz.log"
 
@@ -73,11 +56,9 @@ else
     notok "allowed source sends the file" "exit status $?"
     tail -5 "$T/source.err"
 fi
-i=0
-while kill -0 "$SINK" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+poll_until 30 gone "$SINK"
 check "allowed sink receives every record" grep -q '^records 2000$' "$T/sink.out"
-i=0
-while kill -0 "$ROUTER" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+poll_until 10 gone "$ROUTER"
 check "router logs the unknown key" \
     grep -qF "refused a CURVE client from 127.0.0.1 with public key $STRANGER_PUB: not in the allow-list ($T/allow)" "$T/cz.log"
 # (It says "it does not use CurveZMQ", or, when the client hung up first,
@@ -105,27 +86,17 @@ expected "$F" >"$T/expected"
 cp "$T/source" "$T/client"
 if SS_CURVE_ROUTER_KEY="$T/router" SS_CURVE_ALLOW="$T/source.pub" \
     SS_CURVE_KEY="$T/client" SS_CURVE_SERVER="$T/router.pub" \
-    timeout 120 "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers 2 \
-    >"$T/run.out" 2>"$T/run.err"; then
-    results "$T/run.out" >"$T/actual"
-    same "run over CurveZMQ equals awk" "$T/expected" "$T/actual"
+    run_same "run over CurveZMQ equals awk" "$ROOT/examples/flights/flights.spec.lua" \
+    --input "$F" --workers 2; then
     check "run over CurveZMQ: every router was a CurveZMQ server" \
-        test "$(grep -c 'CurveZMQ: server public key' "$T/run.err")" -ge 3
-else
-    notok "run over CurveZMQ" "exit status $?"
-    tail -20 "$T/run.err"
+        test "$(grep -c 'CurveZMQ: server public key' "$T/err")" -ge 3
 fi
 "$SS" keygen -o "$T/data.key" >/dev/null
-if SS_CURVE_ROUTER_KEY="$T/router" SS_CURVE_ALLOW="$T/source.pub" \
+SS_CURVE_ROUTER_KEY="$T/router" SS_CURVE_ALLOW="$T/source.pub" \
     SS_CURVE_KEY="$T/client" SS_CURVE_SERVER="$T/router.pub" \
-    timeout 120 "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers 2 \
-    --security encrypted --key "$T/data.key" >"$T/run3.out" 2>"$T/run3.err"; then
-    results "$T/run3.out" >"$T/actual3"
-    same "run --security encrypted over CurveZMQ equals awk" "$T/expected" "$T/actual3"
-else
-    notok "run --security encrypted over CurveZMQ" "exit status $?"
-    tail -20 "$T/run3.err"
-fi
+    run_same "run --security encrypted over CurveZMQ equals awk" \
+    "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers 2 \
+    --security encrypted --key "$T/data.key"
 SS_CURVE_ROUTER_KEY="$T/router" SS_CURVE_ALLOW="$T/sink.pub" \
     SS_CURVE_KEY="$T/client" SS_CURVE_SERVER="$T/router.pub" \
     timeout 120 "$SS" run "$ROOT/examples/flights/flights.spec.lua" --input "$F" --workers 1 \

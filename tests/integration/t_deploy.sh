@@ -3,12 +3,12 @@
 # equip enclave stages, carry keys as secrets, and are valid for
 # docker-compose and `docker stack` (checked when those are installed; no
 # engine needed). Containers themselves are tested in t_docker.sh.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 F=$(flights 2000)
 P="$T/pipe"
-mkdir -p "$P" "$T/out" "$T/keys"
-cp "$ROOT"/examples/flights/mapper.lua "$ROOT"/examples/flights/filter.lua \
-    "$ROOT"/examples/flights/reducer.lua "$ROOT"/examples/flights/printer.lua "$P/"
+mkdir -p "$T/out" "$T/keys"
+pipeline_dir "$P"
 cat >"$P/flights.spec.lua" <<'EOF'
 return {
   name = "delayed-flights",

@@ -35,41 +35,34 @@ dcleanup() {
     done
     if [ -n "$STACK" ]; then
         timeout 60 docker stack rm "$STACK" >/dev/null 2>&1
-        i=0   # stack rm returns before its containers and network are gone
-        while [ $i -lt 60 ] && [ -n "$(docker ps -aq --filter label=com.docker.stack.namespace="$STACK")$(docker network ls -q --filter label=com.docker.stack.namespace="$STACK")" ]; do
-            docker ps -aq --filter label=com.docker.stack.namespace="$STACK" | xargs -r docker rm -f >/dev/null 2>&1
-            sleep 0.5
-            i=$((i + 1))
-        done
+        # stack rm returns before its containers and network are gone
+        poll_until 30 stack_gone
     fi
     [ -n "$LABELLED" ] && timeout 30 docker node update --label-rm securestreams.data "$LABELLED" >/dev/null 2>&1
     if [ "$SWARM_MADE" = 1 ]; then
         timeout 60 docker swarm leave --force >/dev/null 2>&1
         # The swarm's gateway bridge goes too, once leaving has let go of it.
-        i=0
-        while [ -z "$GWBRIDGE_BEFORE" ] && [ $i -lt 20 ] &&
-            [ -n "$(docker network ls -q --filter name='^docker_gwbridge$')" ]; do
-            timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || sleep 0.5
-            i=$((i + 1))
-        done
+        [ -z "$GWBRIDGE_BEFORE" ] && poll_until 10 gwbridge_gone
     fi
     timeout 60 docker rmi -f "$IMG" >/dev/null 2>&1
     cleanup
 }
+# stack_gone: no container or network of the stack is left (removing the
+# containers that linger)
+stack_gone() {
+    left=$(docker ps -aq --filter label=com.docker.stack.namespace="$STACK")
+    [ -n "$left" ] && echo "$left" | xargs -r docker rm -f >/dev/null 2>&1
+    [ -z "$left$(docker network ls -q --filter label=com.docker.stack.namespace="$STACK")" ]
+}
+# gwbridge_gone: the swarm's gateway bridge is removed (or removable now)
+gwbridge_gone() {
+    [ -z "$(docker network ls -q --filter name='^docker_gwbridge$')" ] ||
+        timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1
+}
 trap dcleanup EXIT
 trap 'exit 1' INT TERM HUP
-
-# until SECONDS CMD...: run CMD every half second until it succeeds
-until_ok() {
-    n=$(($1 * 2))
-    shift
-    while [ "$n" -gt 0 ]; do
-        "$@" && return 0
-        sleep 0.5
-        n=$((n - 1))
-    done
-    return 1
-}
+# Each probe asks the engine: every half second is often enough.
+WAIT_EVERY=0.5
 
 if ! command -v docker-compose >/dev/null 2>&1; then
     notok "docker-compose is installed" "the engine answers but docker-compose is missing (apt-get install docker-compose)"
@@ -96,19 +89,8 @@ same "local run equals awk" "$T/expected" "$T/local.results"
 # A pipeline directory for the runs that must last: a first stage that spends
 # CPU on every line (at least 10 s of it in all) and passes it on unchanged.
 P="$T/pipe"
-mkdir -p "$P" "$T/keys" "$T/curve"
-cp "$ROOT"/examples/flights/mapper.lua "$ROOT"/examples/flights/filter.lua \
-    "$ROOT"/examples/flights/reducer.lua "$ROOT"/examples/flights/printer.lua "$P/"
-cat >"$P/pace.lua" <<'EOF'
--- Passes every line on unchanged after spending about 50 us of CPU on it.
-return function(stream)
-  return stream:map(function(line)
-    local t = os.clock() + 0.00005
-    while os.clock() < t do end
-    return line
-  end)
-end
-EOF
+mkdir -p "$T/keys" "$T/curve"
+pipeline_dir "$P"
 cat >"$P/paced.spec.lua" <<'EOF'
 return {
   name = "paced-flights",
@@ -178,14 +160,14 @@ if timeout 180 docker-compose -p "$PB" -f "$C" up -d >"$T/up.log" 2>&1; then
     ok "compose paced: up"
     R0=$(cid "$PB" "$C" router0)
     joined() { [ "$(docker logs "$R0" 2>&1 | grep -c "$1")" -ge "$2" ]; }
-    check "compose paced: the source joins router0" until_ok 60 joined 'producer source (id .*) joined' 1
+    check "compose paced: the source joins router0" poll_until 60 joined 'producer source (id .*) joined' 1
     if timeout 120 docker-compose -p "$PB" -f "$C" up -d --no-deps --no-recreate --scale pace=4 pace \
         >"$T/scale.log" 2>&1; then
         ok "compose paced: --scale pace=4 while the stream runs"
     else
         notok "compose paced: --scale pace=4 while the stream runs" "$(tail -3 "$T/scale.log")"
     fi
-    check "compose paced: four pace workers joined router0" until_ok 60 joined 'consumer pace (id .*) joined' 4
+    check "compose paced: four pace workers joined router0" poll_until 60 joined 'consumer pace (id .*) joined' 4
     check "compose paced: the stream is still running" sh -c "! docker logs '$R0' 2>&1 | grep -q 'end of stream'"
     W1=$(cid "$PB" "$C" pace 1)
     check "compose paced: docker stop one pace worker" sh -c "timeout 60 docker stop -t 1 '$W1' >/dev/null"
@@ -234,14 +216,14 @@ if [ "$(docker info -f '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ]; the
         # task CONTAINER of SERVICE, once it exists
         task() { docker ps -aq --filter label=com.docker.swarm.service.name="$STACK"_"$1" | head -1; }
         slogs() { timeout 30 docker service logs --raw "$STACK"_"$1" 2>&1; }
-        check "swarm: the source joins router0" until_ok 120 sh -c \
+        check "swarm: the source joins router0" poll_until 120 sh -c \
             "timeout 30 docker service logs --raw '${STACK}_router0' 2>&1 | grep -q 'producer source (id .*) joined'"
         if timeout 60 docker service scale --detach "$STACK"_pace=3 >"$T/scale.log" 2>&1; then
             ok "swarm: docker service scale pace=3 while the stream runs"
         else
             notok "swarm: docker service scale pace=3" "$(tail -3 "$T/scale.log")"
         fi
-        until_ok 120 sh -c "test -n \"\$(docker ps -aq --filter label=com.docker.swarm.service.name='${STACK}_sink' --filter status=exited)\""
+        poll_until 120 sh -c "test -n \"\$(docker ps -aq --filter label=com.docker.swarm.service.name='${STACK}_sink' --filter status=exited)\""
         SINK=$(task sink)
         if [ -n "$SINK" ] && sink_done "$SINK" "$T/swarm.out"; then
             ok "swarm: the sink exits 0 ($(($(date +%s) - t0)) s from deploy)"

@@ -4,6 +4,7 @@
 # from outside is locked down (Seccomp 2, NoNewPrivs 1), holds only its
 # doorbell and the standard descriptors, has its heap committed up front,
 # and goes away by itself when its host is killed.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 
 "$SS" enclave-child >/dev/null 2>"$T/err"
@@ -45,16 +46,13 @@ host=$LAST
 locked() { # PID: the enclave is ready (its filter is on)
     grep -q '^Seccomp:[[:space:]]*2' "/proc/$1/status" 2>/dev/null
 }
-i=0
-while :; do
+two_locked() { # sets kids: the host's children
     kids=$(pgrep -P "$host" | tr '\n' ' ')
     n=0
     for k in $kids; do locked "$k" && n=$((n + 1)); done
-    [ "$n" -ge 2 ] && break
-    i=$((i + 1))
-    [ $i -gt 400 ] && break
-    sleep 0.05
-done
+    [ "$n" -ge 2 ]
+}
+poll_until 20 two_locked   # the checks below say what was missing
 check "host: two isolated enclaves started" test "$(echo $kids | wc -w)" -eq 2
 for k in $kids; do
     check "enclave $k: Seccomp 2 (filter)" grep -q '^Seccomp:[[:space:]]*2' "/proc/$k/status"
@@ -67,11 +65,6 @@ for k in $kids; do
 done
 kill -9 "$host"
 wait "$host" 2>/dev/null
-gone() { # PID: exited (reaped, or a zombie of whoever adopted it)
-    [ ! -d "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
 for k in $kids; do
-    i=0
-    while ! gone "$k" && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.05; done
-    check "enclave $k: exits when its host is killed" gone "$k"
+    check "enclave $k: exits when its host is killed" poll_until 5 gone "$k"
 done

@@ -5,20 +5,19 @@ F=$(flights 1000000)
 expected "$F" >"$T/expected"
 SPEC="$ROOT/tests/fixtures/slow.spec.lua"
 
+find_victim() { # NAME: sets victim, the pid of this run's worker NAME
+    victim=$(pgrep -s $run -f "securestreams worker .*--name $1 " | head -1)
+    [ -n "$victim" ]
+}
 kill_test() { # stage victim_name
     # in a session of its own, so only this run's workers can be picked
     setsid "$SS" run "$SPEC" --input "$F" --summary-json "$T/s.json" >"$T/out" 2>"$T/err" &
     run=$!
     PIDS="$PIDS $run"
     victim=""
-    i=0
-    while [ -z "$victim" ] && [ $i -lt 200 ]; do
-        # wait until the victim has been working for a while
-        victim=$(pgrep -s $run -f "securestreams worker .*--name $2 " | head -1)
-        i=$((i + 1))
-        sleep 0.05
-    done
-    sleep 1.5
+    poll_until 10 find_victim "$2"
+    # killed mid-stream: once it has done some of its work, long before all
+    wait_for 30 busy "${victim:-0}" 300
     kill -9 "$victim" 2>/dev/null
     wait "$run"
     rc=$?
@@ -34,11 +33,12 @@ kill_test reducer 'reducer#1'
 # Ctrl-C: the run stops every component and says so.
 setsid "$SS" run "$SPEC" --input "$F" >"$T/out" 2>"$T/err" &
 sid=$!
-sleep 1.5
+# once every component runs: the source is started last
+source_runs() { pgrep -s $sid -f 'securestreams source' >/dev/null; }
+wait_for 30 source_runs
 kill -INT $sid
 wait $sid
 rc=$?
 check "interrupted: exit status 130" test $rc -eq 130
 check "interrupted: says so" grep -q 'interrupted, stopping every component' "$T/err"
-sleep 0.2
-check "interrupted: no process left behind" sh -c "! pgrep -s $sid >/dev/null"
+check "interrupted: no process left behind" poll_until 2 session_empty $sid

@@ -1,4 +1,5 @@
 # Single-process scripts in the style of the seed's Listings 5.1 and 8.2.
+# tier: fast
 . "$(dirname "$0")/lib.sh"
 cat >"$T/adults.lua" <<'LUA'
 local Rx = require 'rx'

@@ -11,7 +11,7 @@ NET=10.77.0
 HOSTS="r1 r2 w1 w2 src snk"
 MADE=""
 nscleanup() {
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
+    stop_all
     for n in $MADE; do ip netns del "$n" 2>/dev/null; done
     cleanup
 }
@@ -58,9 +58,7 @@ fi
 # Each host reaches the others (the bridge may take a moment to forward).
 reach() { ip netns exec "${NS}w2" ping -c1 -W1 "$(addr_of r2)" >/dev/null 2>&1; }
 if command -v ping >/dev/null 2>&1; then
-    i=0
-    while ! reach && [ $i -lt 20 ]; do sleep 0.2; i=$((i + 1)); done
-    check "w2 reaches r2 across the bridge" reach
+    check "w2 reaches r2 across the bridge" poll_until 5 reach
 fi
 check "no test host has a route off the bridge" sh -c \
     "! ip -n '${NS}w1' route | grep -q default && ! ip -n '${NS}snk' route | grep -q default"
@@ -73,17 +71,6 @@ on() {
     LAST=$!
     PIDS="$PIDS $LAST"
 }
-# Helpers' loop counters have names of their own: sh has no local variables.
-# wait_ready FILE: until FILE says ready (10 s at most)
-wait_ready() {
-    _w=0
-    while ! grep -q '^ready' "$1" 2>/dev/null; do
-        _w=$((_w + 1))
-        [ $_w -gt 200 ] && return 1
-        sleep 0.05
-    done
-}
-
 # pipeline RUN SPECDIR STAGE... : routers on r1 and r2, workers of every
 # stage on w1 and w2, the source on src, the sink on snk; the sink's
 # output in $T/RUN.out, its pid in SINK, the w2 workers' pids in W2PIDS.
@@ -126,16 +113,8 @@ pipeline() {
 }
 # finish RUN: wait for the sink (at most 90 s); ok when it exited 0
 finish() {
-    _f=0
-    while kill -0 "$SINK" 2>/dev/null && [ $_f -lt 900 ]; do sleep 0.1; _f=$((_f + 1)); done
-    kill -0 "$SINK" 2>/dev/null && { notok "$1: the sink finishes within 90 s"; return 1; }
+    poll_until 90 gone "$SINK" || { notok "$1: the sink finishes within 90 s"; return 1; }
     wait "$SINK"
-}
-stop_all() {
-    for p in $PIDS; do kill "$p" 2>/dev/null; done
-    sleep 0.2
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    PIDS=""
 }
 
 F=$(flights 200000)
@@ -162,17 +141,8 @@ stop_all
 #    workers fall silent, the routers declare them dead after the liveness
 #    timeout and hand their batches to w1's. The result stays exact.
 P="$T/pipe"
-mkdir -p "$P" "$T/keys"
-cp "$ROOT"/examples/flights/*.lua "$P/"
-cat >"$P/pace.lua" <<'EOF'
-return function(stream)
-  return stream:map(function(line)
-    local t = os.clock() + 0.00005
-    while os.clock() < t do end
-    return line
-  end)
-end
-EOF
+mkdir -p "$T/keys"
+pipeline_dir "$P"
 "$SS" keygen -o "$T/keys/data.key" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/router" >/dev/null 2>&1
 "$SS" keygen --curve -o "$T/keys/client" >/dev/null 2>&1
@@ -182,9 +152,10 @@ export SS_STREAM=7002 SS_KEY_FILE="$T/keys/data.key" SS_LIVENESS_MS=8000
 export SS_CURVE_ROUTER_KEY="$T/keys/router" SS_CURVE_ALLOW="$T/keys/client.pub"
 export SS_CURVE_KEY="$T/keys/client" SS_CURVE_SERVER="$T/keys/router.pub"
 if pipeline cut "$P" pace mapper filter reducer; then
-    i=0
-    until grep -q 'producer source (id .*) joined' "$T/cut.log" || [ $i -gt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    sleep 1.5
+    wait_for 10 grep -q 'producer source (id .*) joined' "$T/cut.log"
+    # cut mid-stream: once w2's first worker has done some of its work
+    set -- $W2PIDS
+    wait_for 30 busy "$1" 300
     check "cut: the stream is still running when w2 is cut off" sh -c "kill -0 $SINK && ! grep -q 'router0.*end of stream' '$T/cut.log'"
     ip -n "${NS}w2" link set eth0 down
     if finish cut; then
