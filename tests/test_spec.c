@@ -93,7 +93,6 @@ static void every_field(void **state)
     ASSERT_STR_EQ(s.stages[0].script, want);
     ASSERT_INT_EQ(s.stages[0].workers, 3);
     ASSERT_INT_EQ(s.stages[0].enclave, 1);
-    ASSERT_INT_EQ(s.stages[0].nfused, 0);
     ASSERT_STR_EQ(s.stages[1].name, "filter");
     ASSERT_STR_EQ(s.stages[1].script, "/abs/filter.lua");   /* absolute: as written */
     ASSERT_INT_EQ(s.stages[1].workers, 64);
@@ -313,7 +312,7 @@ static void lua_errors_and_sandbox(void **state)
     char err[1024], want[1200];
     const char *path;
     assert_int_equal(load("return {\n  name = 'x',\n  stages = {{ script = 'a.lua' }\n}\n", &s,
-                          err, sizeof err, &path), SS_ERR_IO);
+                          err, sizeof err, &path), SS_ERR_USAGE);   /* a syntax error: the spec is wrong */
     snprintf(want, sizeof want, "%s:5:", path);   /* the unclosed table, at the end */
     ASSERT_CONTAINS(err, want);
     assert_int_equal(load("return {\n  name = nope.x,\n}\n", &s, err, sizeof err, &path),
@@ -357,44 +356,28 @@ static void lua_errors_and_sandbox(void **state)
     assert_null(s.path);
 }
 
+/* The spec only records fuse = true; what fusing means (one stage of
+ * workers running every script) is the plan's (test_plan.c). */
 static void fuse_stages(void **state)
 {
     (void)state;
     ss_spec s;
-    char err[1024], want[1024];
-    const char *text = spec_text("", "",
-                                 "    { name = 'mapper', script = 'm.lua', workers = 2 },\n"
-                                 "    { name = 'filter', script = 'f.lua', workers = 5,"
-                                 " enclave = true },\n"
-                                 "    { name = 'reducer', script = 'r.lua', workers = 3 },");
-    if (load(text, &s, err, sizeof err, NULL) != SS_OK)
+    char err[1024];
+    const char *stages = "    { name = 'mapper', script = 'm.lua', workers = 2 },\n"
+                         "    { name = 'reducer', script = 'r.lua', workers = 3 },";
+    if (load(spec_text("  fuse = true,", "", stages), &s, err, sizeof err, NULL) != SS_OK)
         fail_msg("%s", err);
-    ss_spec_fuse(&s);
-    ASSERT_INT_EQ(s.nstages, 1);
-    ASSERT_STR_EQ(s.stages[0].name, "mapper+filter+reducer");
-    snprintf(want, sizeof want, "%s/m.lua", test_dir());
-    ASSERT_STR_EQ(s.stages[0].script, want);
-    ASSERT_INT_EQ(s.stages[0].nfused, 2);
-    snprintf(want, sizeof want, "%s/f.lua", test_dir());
-    ASSERT_STR_EQ(s.stages[0].fused[0], want);
-    snprintf(want, sizeof want, "%s/r.lua", test_dir());
-    ASSERT_STR_EQ(s.stages[0].fused[1], want);
-    ASSERT_INT_EQ(s.stages[0].workers, 5);   /* the largest count */
-    ASSERT_INT_EQ(s.stages[0].enclave, 1);   /* one enclave stage makes it an enclave */
-    assert_null(s.stages[1].name);
-    assert_null(s.stages[1].script);
+    ASSERT_INT_EQ(s.fuse, 1);
+    ASSERT_INT_EQ(s.nstages, 2);   /* loading fuses nothing */
+    ASSERT_STR_EQ(s.stages[1].name, "reducer");
     ss_spec_cleanup(&s);
 
-    /* One stage: nothing to fuse. */
-    if (load(spec_text("", "", "    { name = 'only', script = 'o.lua', workers = 4 },"), &s, err,
-             sizeof err, NULL) != SS_OK)
+    if (load(spec_text("", "", stages), &s, err, sizeof err, NULL) != SS_OK)
         fail_msg("%s", err);
-    ss_spec_fuse(&s);
-    ASSERT_INT_EQ(s.nstages, 1);
-    ASSERT_STR_EQ(s.stages[0].name, "only");
-    ASSERT_INT_EQ(s.stages[0].nfused, 0);
-    ASSERT_INT_EQ(s.stages[0].workers, 4);
+    ASSERT_INT_EQ(s.fuse, 0);   /* the default */
     ss_spec_cleanup(&s);
+
+    refused(spec_text("  fuse = 'yes',", "", stages), SS_ERR_USAGE, "spec.fuse: expected true or false");
 }
 
 int main(void)
