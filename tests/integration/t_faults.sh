@@ -5,6 +5,11 @@ F=$(flights 1000000)
 expected "$F" >"$T/expected"
 SPEC="$ROOT/tests/fixtures/slow.spec.lua"
 
+# redelivered STAGE: the batches that stage received again, from the summary
+redelivered() {
+    "$SS" lua -e "local s = require('json').decode(io.open('$T/s.json'):read('a'))
+        for _, st in ipairs(s.stages) do if st.stage == '$1' then print(st.redelivered) end end"
+}
 find_victim() { # NAME: sets victim, the pid of this run's worker NAME
     victim=$(pgrep -s $run -f "securestreams worker .*--name $1 " | head -1)
     [ -n "$victim" ]
@@ -26,6 +31,9 @@ kill_test() { # stage victim_name
     results "$T/out" >"$T/actual"
     same "$1 killed: results equal awk" "$T/expected" "$T/actual"
     check "$1 killed: summary complete" grep -q '"complete":true' "$T/s.json"
+    # the recovery ran: the dead worker's batches reached the other worker again
+    n=$(redelivered "$1")
+    check "$1 killed: its batches were redelivered (${n:-none})" test "${n:-0}" -gt 0
     [ "$rc" -eq 0 ] || tail -30 "$T/err"
 }
 kill_test mapper 'mapper#2'
