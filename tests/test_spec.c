@@ -187,6 +187,26 @@ static void unknown_fields(void **state)
     refused(spec_text("  [1] = 'x',", "", ONE_STAGE), SS_ERR_USAGE, "spec: keys must be names");
     refused(spec_text("", "", "    { script = 'a.lua', 'b.lua' },"), SS_ERR_USAGE,
             "stages[1]: keys must be names");
+    /* stages is a list: a name or an index past its end is a typo, not ignored */
+    refused(spec_text("", "", ONE_STAGE "\n    extra = 1,"), SS_ERR_USAGE,
+            "stages: unknown field 'extra' (stages is a list: { { name = ..., script = ... }, ... })");
+    refused(spec_text("", "", ONE_STAGE "\n    [5] = { script = 'b.lua' },"), SS_ERR_USAGE,
+            "stages: a list from 1 to 1 expected, with no other keys");
+}
+
+/* The spec's table is data: metamethods on it never run while it is read,
+ * so one that raises or loops cannot crash or hang the command. */
+static void metatables_ignored(void **state)
+{
+    (void)state;
+    refused("local mt = { __index = function() error('gotcha') end,\n"
+            "             __len = function() while true do end end }\n"
+            "return setmetatable({}, mt)\n",
+            SS_ERR_USAGE, "missing table 'source' (source = { file = ... })");
+    refused("return { source = {}, sink = { script = 'p.lua' },\n"
+            "  stages = setmetatable({}, { __len = function() return 1 end,\n"
+            "                              __index = function() error('gotcha') end }) }\n",
+            SS_ERR_USAGE, "stages: between 1 and 16 stages expected, got 0");
 }
 
 static void wrong_types(void **state)
@@ -386,7 +406,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(every_field),    T(defaults), T(every_security_mode), T(unknown_fields),
         T(wrong_types),    T(missing_parts), T(bounds), T(values_checked),
-        T(lua_errors_and_sandbox), T(fuse_stages),
+        T(lua_errors_and_sandbox), T(fuse_stages), T(metatables_ignored),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

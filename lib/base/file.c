@@ -57,6 +57,11 @@ ss_err ss_file_read(const char *path, size_t max, int flags, char **out, size_t 
     /* One allocation of the bound (plus the NUL), so secret bytes are never
      * left behind in a buffer that realloc gave back; secrets go in locked
      * memory that is wiped when freed. */
+    if ((flags & SS_FILE_SECRET) && sodium_init() < 0) {   /* idempotent; sodium_malloc needs it */
+        ss_say(err, errlen, "cannot read %s: libsodium does not start", path);
+        rc = SS_ERR_NOMEM;
+        goto out;
+    }
     buf = (flags & SS_FILE_SECRET) ? sodium_malloc(max + 1) : malloc(max + 1);
     if (!buf) {
         ss_say(err, errlen, "out of memory reading %s", path);

@@ -2,6 +2,11 @@
  * spec.c - loading a pipeline spec. The file is Lua run with no libraries
  * but string, table and math (it describes, it does not act); every field is
  * checked and unknown fields are refused, so a typo never goes unnoticed.
+ *
+ * The table the spec returns is read with raw accesses only, inside a
+ * protected call: a metatable on it (an __index or __len that raises or
+ * loops) runs no code while it is read, and any Lua error while reading is
+ * an error naming the spec, never a panic.
  */
 #include "pipeline/spec.h"
 
@@ -45,6 +50,14 @@ static char *resolve(ctx *c, const char *p)
     return s;
 }
 
+/* t[key] without metamethods; pushes the value and returns its type. */
+static int rawfield(lua_State *L, int idx, const char *key)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, key);
+    return lua_rawget(L, idx);
+}
+
 /* Check that the table at idx has only the given keys. */
 static ss_err only_keys(ctx *c, int idx, const char *where, const char *const *keys)
 {
@@ -52,8 +65,6 @@ static ss_err only_keys(ctx *c, int idx, const char *where, const char *const *k
     while (lua_next(c->L, idx)) {
         lua_pop(c->L, 1);
         if (lua_type(c->L, -1) != LUA_TSTRING) {
-            if (!strcmp(where, "stages"))
-                continue;
             lua_pop(c->L, 1);
             return fail(c, "%s: keys must be names", where);
         }
@@ -70,10 +81,28 @@ static ss_err only_keys(ctx *c, int idx, const char *where, const char *const *k
     return SS_OK;
 }
 
+/* Check that the table at idx is a list: keys 1..n and nothing else. */
+static ss_err only_list(ctx *c, int idx, lua_Integer n)
+{
+    lua_pushnil(c->L);
+    while (lua_next(c->L, idx)) {
+        lua_pop(c->L, 1);
+        if (!lua_isinteger(c->L, -1) || lua_tointeger(c->L, -1) < 1 || lua_tointeger(c->L, -1) > n) {
+            ss_err e = lua_type(c->L, -1) == LUA_TSTRING
+                ? fail(c, "stages: unknown field '%s' (stages is a list: { { name = ..., script = ... }, ... })",
+                       lua_tostring(c->L, -1))
+                : fail(c, "stages: a list from 1 to %d expected, with no other keys", (int)n);
+            lua_pop(c->L, 1);
+            return e;
+        }
+    }
+    return SS_OK;
+}
+
 static ss_err get_string(ctx *c, int idx, const char *key, const char *where, int required,
                          const char *dflt, char **out)
 {
-    int t = lua_getfield(c->L, idx, key);
+    int t = rawfield(c->L, idx, key);
     ss_err e = SS_OK;
     if (t == LUA_TNIL) {
         if (required)
@@ -92,7 +121,7 @@ static ss_err get_string(ctx *c, int idx, const char *key, const char *where, in
 static ss_err get_int(ctx *c, int idx, const char *key, const char *where, long lo, long hi,
                       long dflt, long *out)
 {
-    int t = lua_getfield(c->L, idx, key);
+    int t = rawfield(c->L, idx, key);
     ss_err e = SS_OK;
     *out = dflt;
     if (t != LUA_TNIL) {
@@ -107,7 +136,7 @@ static ss_err get_int(ctx *c, int idx, const char *key, const char *where, long 
 
 static ss_err get_bool(ctx *c, int idx, const char *key, const char *where, int dflt, int *out)
 {
-    int t = lua_getfield(c->L, idx, key);
+    int t = rawfield(c->L, idx, key);
     ss_err e = SS_OK;
     *out = dflt;
     if (t == LUA_TBOOLEAN)
@@ -146,7 +175,7 @@ static ss_err parse(ctx *c, ss_spec *s)
         free(key);
     }
 
-    if (lua_getfield(L, top, "source") != LUA_TTABLE)
+    if (rawfield(L, top, "source") != LUA_TTABLE)
         return fail(c, "missing table 'source' (source = { file = ... })");
     int src = lua_gettop(L);
     char *file = NULL;
@@ -163,12 +192,14 @@ static ss_err parse(ctx *c, ss_spec *s)
     }
     lua_pop(L, 1);
 
-    if (lua_getfield(L, top, "stages") != LUA_TTABLE)
+    if (rawfield(L, top, "stages") != LUA_TTABLE)
         return fail(c, "missing table 'stages' (stages = { { name = ..., script = ... }, ... })");
     int stages = lua_gettop(L);
-    lua_Integer n = luaL_len(L, stages);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, stages);
     if (n < 1 || n > SS_MAX_STAGES)
         return fail(c, "stages: between 1 and %d stages expected, got %d", SS_MAX_STAGES, (int)n);
+    if ((e = only_list(c, stages, n)) != SS_OK)
+        return e;
     for (lua_Integer i = 1; i <= n; i++) {
         char where[32];
         snprintf(where, sizeof where, "stages[%d]", (int)i);
@@ -202,7 +233,7 @@ static ss_err parse(ctx *c, ss_spec *s)
     }
     lua_pop(L, 1);
 
-    if (lua_getfield(L, top, "sink") != LUA_TTABLE)
+    if (rawfield(L, top, "sink") != LUA_TTABLE)
         return fail(c, "missing table 'sink' (sink = { script = ... })");
     int sk = lua_gettop(L);
     char *script = NULL;
@@ -218,6 +249,21 @@ static ss_err parse(ctx *c, ss_spec *s)
     if (strcmp(s->on_error, "skip") && strcmp(s->on_error, "fail"))
         return fail(c, "on_error: expected \"skip\" or \"fail\", got \"%s\"", s->on_error);
     return SS_OK;
+}
+
+typedef struct {
+    ctx *c;
+    ss_spec *s;
+    ss_err e;
+} parse_call;
+
+/* parse, called through lua_pcall with the spec's table and a parse_call. */
+static int parse_protected(lua_State *L)
+{
+    parse_call *p = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    p->e = parse(p->c, p->s);
+    return 0;
 }
 
 ss_err ss_spec_load(const char *path, ss_spec *s, char *err, size_t errlen)
@@ -254,7 +300,18 @@ ss_err ss_spec_load(const char *path, ss_spec *s, char *err, size_t errlen)
         e = SS_ERR_USAGE;
         goto out;
     }
-    e = parse(&c, s);
+    parse_call pc = { &c, s, SS_ERR_USAGE };
+    lua_pushcfunction(c.L, parse_protected);
+    lua_insert(c.L, 1);
+    lua_pushlightuserdata(c.L, &pc);
+    int status = lua_pcall(c.L, 2, 0, 0);
+    e = pc.e;
+    if (status == LUA_ERRMEM) {
+        e = SS_ERR_NOMEM;
+    } else if (status != LUA_OK) {
+        const char *msg = lua_tostring(c.L, -1);
+        e = fail(&c, "cannot read the spec's table: %s", msg ? msg : "(error object is not a string)");
+    }
 out:
     if (e == SS_ERR_NOMEM)
         snprintf(err, errlen, "%s: out of memory", path);
