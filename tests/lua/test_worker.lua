@@ -11,47 +11,10 @@ local ZmqRx = require 'zmq-rx'
 local net = require 'securestreams.net'
 local config = ZmqRx.config
 
----------------------------------------------------------------------------
--- runner
----------------------------------------------------------------------------
-
-local tests = {}
-local function test(name, fn) tests[#tests + 1] = { name = name, fn = fn } end
-
-local function show(v, depth)
-  depth = depth or 0
-  if type(v) == 'string' then return string.format('%q', v) end
-  if type(v) ~= 'table' or depth > 3 then return tostring(v) end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
-    if type(a) == type(b) and (type(a) == 'number' or type(a) == 'string') then return a < b end
-    return type(a) < type(b)
-  end)
-  local parts = {}
-  for _, k in ipairs(keys) do
-    parts[#parts + 1] = (math.type(k) == 'integer' and '' or (tostring(k) .. '=')) .. show(v[k], depth + 1)
-  end
-  return '{' .. table.concat(parts, ', ') .. '}'
-end
-
-local function same(a, b)
-  if a == b then return true end
-  if type(a) ~= 'table' or type(b) ~= 'table' then return false end
-  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
-  for k in pairs(b) do if a[k] == nil then return false end end
-  return true
-end
-
-local function eq(actual, expected, what)
-  if not same(actual, expected) then
-    error(string.format('%s: expected %s, got %s', what or 'value', show(expected), show(actual)), 2)
-  end
-end
-
-local function ok(cond, what)
-  if not cond then error((what or 'condition') .. ': expected true, got ' .. tostring(cond), 2) end
-end
+local here = (arg and arg[0] or ''):match('^(.*)[/\\][^/\\]*$') or '.'
+package.path = here .. '/?.lua;' .. package.path
+local T = require 'harness'
+local test, eq, ok = T.test, T.eq, T.ok
 
 ---------------------------------------------------------------------------
 -- fakes
@@ -446,18 +409,4 @@ end)
 
 ---------------------------------------------------------------------------
 
-local pattern = arg and arg[1]
-local passed, failed = 0, 0
-for _, t in ipairs(tests) do
-  if not pattern or t.name:find(pattern, 1, true) then
-    local good, err = pcall(t.fn)
-    if good then
-      passed = passed + 1
-    else
-      failed = failed + 1
-      print('FAIL ' .. t.name .. ': ' .. tostring(err))
-    end
-  end
-end
-print(string.format('worker: %d passed, %d failed', passed, failed))
-os.exit(failed == 0 and 0 or 1)
+T.run('worker')
