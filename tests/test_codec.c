@@ -550,7 +550,7 @@ static void test_truncated_input(void **state)
 
 /* A Lua state out of memory while decoding: an error code, no crash. */
 typedef struct {
-    size_t used, cap;
+    size_t used, cap, peak;
 } arena;
 
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -567,13 +567,52 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     void *p = realloc(ptr, nsize);
     if (p)
         a->used = a->used - old + nsize;
+    if (a->used > a->peak)
+        a->peak = a->used;
     return p;
+}
+
+/* A decoder bomb: 60 nested arrays, each declaring as many elements as
+ * there are bytes left (so each passes the length check), then nils. Tables
+ * are pre-sized from one budget of a slot per payload byte, so decoding it
+ * costs a small multiple of its size, not 60 times that; it is refused as
+ * truncated once the first array runs out of elements. */
+static void test_decode_bomb(void **state)
+{
+    (void)state;
+    enum { LEN = 64 << 10, LEVELS = 60 };
+    uint8_t *p = malloc(LEN);
+    assert_non_null(p);
+    size_t pos = 0;
+    p[pos++] = 0x91;   /* a batch of one event */
+    for (int i = 0; i < LEVELS; i++) {
+        uint32_t n = (uint32_t)(LEN - pos - 5);
+        p[pos++] = 0xdd;
+        for (int b = 3; b >= 0; b--)
+            p[pos++] = (uint8_t)(n >> (8 * b));
+    }
+    memset(p + pos, 0xc0, LEN - pos);
+    arena a = {0, SIZE_MAX, 0};
+    lua_State *L = lua_newstate(capped_alloc, &a);
+    assert_non_null(L);
+    size_t base = a.used;
+    a.peak = base;
+    ss_batch_reader r;
+    char msg[256];
+    assert_int_equal(ss_batch_reader_init(&r, p, LEN), SS_OK);
+    assert_int_equal(ss_batch_reader_next(&r, L, msg, sizeof msg), SS_ERR_FORMAT);
+    ASSERT_CONTAINS(msg, "truncated");
+    size_t cost = a.peak - base;
+    if (cost > 40 * (size_t)LEN)
+        fail_msg("decoding a %d-byte bomb took %zu bytes (%zu times its size)", LEN, cost, cost / LEN);
+    lua_close(L);
+    free(p);
 }
 
 static void test_decode_out_of_memory(void **state)
 {
     (void)state;
-    arena a = {0, SIZE_MAX};
+    arena a = {0, SIZE_MAX, 0};
     lua_State *L = lua_newstate(capped_alloc, &a);
     assert_non_null(L);
     luaL_openlibs(L);
@@ -601,6 +640,7 @@ static void test_decode_out_of_memory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_bomb),
         cmocka_unit_test_setup_teardown(test_round_trip_every_type, test_lua_setup,
                                         test_lua_teardown),
         cmocka_unit_test_setup_teardown(test_integer_float_distinction, test_lua_setup,

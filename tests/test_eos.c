@@ -221,6 +221,72 @@ static void b_stats_string(msgpack_packer *pk)
     ss_pack_str(pk, "none");
 }
 
+/* ss_msgpack_check accepts every kind of value msgpack-c writes, and
+ * refuses every proper prefix of it (truncated) and a trailing byte. */
+static void msgpack_check_every_type(void **state)
+{
+    (void)state;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    ss_pack_str(&pk, "values");
+    msgpack_pack_array(&pk, 20);
+    msgpack_pack_nil(&pk);
+    msgpack_pack_true(&pk);
+    msgpack_pack_false(&pk);
+    msgpack_pack_int64(&pk, 5);
+    msgpack_pack_int64(&pk, -5);
+    msgpack_pack_int64(&pk, 200);
+    msgpack_pack_int64(&pk, -200);
+    msgpack_pack_int64(&pk, 70000);
+    msgpack_pack_int64(&pk, -70000);
+    msgpack_pack_uint64(&pk, UINT64_MAX);
+    msgpack_pack_int64(&pk, INT64_MIN);
+    msgpack_pack_float(&pk, 1.5f);
+    msgpack_pack_double(&pk, 2.5);
+    char big[300];
+    memset(big, 'x', sizeof big);
+    msgpack_pack_str(&pk, 40);
+    msgpack_pack_str_body(&pk, big, 40);
+    msgpack_pack_str(&pk, sizeof big);
+    msgpack_pack_str_body(&pk, big, sizeof big);
+    msgpack_pack_bin(&pk, 3);
+    msgpack_pack_bin_body(&pk, "abc", 3);
+    msgpack_pack_ext(&pk, 1, 7);      /* fixext 1 */
+    msgpack_pack_ext_body(&pk, "z", 1);
+    msgpack_pack_ext(&pk, 5, 7);      /* ext 8 */
+    msgpack_pack_ext_body(&pk, "zzzzz", 5);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_int64(&pk, 1);
+    msgpack_pack_array(&pk, 17);      /* array 16 */
+    for (int i = 0; i < 17; i++)
+        msgpack_pack_int64(&pk, i);
+    ss_pack_str(&pk, "end");
+    msgpack_pack_map(&pk, 0);
+    char why[128];
+    if (ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, why, sizeof why) != 0)
+        fail_msg("a valid document refused: %s", why);
+    for (size_t n = 0; n < sb.size; n++)
+        if (ss_msgpack_check(sb.data, n, SS_MSGPACK_DEPTH, why, sizeof why) == 0)
+            fail_msg("a prefix of %zu of %zu bytes accepted", n, sb.size);
+    msgpack_sbuffer_write(&sb, "\xc0", 1);
+    assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_contains(why, "1 bytes after the value");
+    /* 0xc1 is never used; nesting past the bound */
+    assert_int_equal(ss_msgpack_check("\xc1", 1, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_contains(why, "starts no value");
+    uint8_t deep[40];
+    memset(deep, 0x91, sizeof deep);
+    deep[sizeof deep - 1] = 0xc0;
+    assert_int_equal(ss_msgpack_check(deep, sizeof deep, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_contains(why, "nested deeper than 32");
+    assert_int_equal(ss_msgpack_check(deep + 10, sizeof deep - 10, SS_MSGPACK_DEPTH, why, sizeof why), 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static void reader_refuses_malformed(void **state)
 {
     static const struct {
@@ -228,8 +294,8 @@ static void reader_refuses_malformed(void **state)
         build_fn *build;
         const char *msg;
     } cases[] = {
-        { "truncated", b_garbage, "EOS payload is not one MessagePack value" },
-        { "two values", b_two_values, "EOS payload is not one MessagePack value" },
+        { "truncated", b_garbage, "EOS payload is not one MessagePack value: value at byte 0 runs past the end" },
+        { "two values", b_two_values, "EOS payload is not one MessagePack value: 1 bytes after the value" },
         { "an array", b_array, "EOS payload is not a map" },
         { "no members", b_no_members, "EOS payload has no members array" },
         { "members a map", b_members_map, "EOS payload has no members array" },
@@ -250,6 +316,26 @@ static void reader_refuses_malformed(void **state)
         if (e != SS_ERR_FORMAT || strcmp(err, cases[i].msg) != 0)
             fail_msg("%s: got %s \"%s\", expected \"%s\"", cases[i].what, ss_strerror(e), err,
                      cases[i].msg);
+    }
+    /* A bomb: a few bytes whose nested arrays declare 2^32 - 1 elements each,
+     * which msgpack-c would allocate for before reading them. */
+    {
+        uint8_t bomb[150];
+        size_t n = 0;
+        bomb[n++] = 0x81;               /* { members = [[[...]]] } */
+        bomb[n++] = 0xa7;
+        memcpy(bomb + n, "members", 7);
+        n += 7;
+        while (n + 5 <= sizeof bomb) {
+            bomb[n++] = 0xdd;
+            memset(bomb + n, 0xff, 4);
+            n += 4;
+        }
+        char why[256] = "";
+        ss_eos_reader br;
+        assert_int_equal(ss_eos_read(&br, bomb, n, why, sizeof why), SS_ERR_FORMAT);
+        ss_eos_reader_cleanup(&br);
+        assert_contains(why, "declare more elements than there are bytes");
     }
     /* Larger than any message could carry: refused before it is parsed. */
     char err[256] = "";
@@ -888,6 +974,7 @@ int main(void)
         cmocka_unit_test(round_trip),
         cmocka_unit_test(writer_bound_is_hard),
         cmocka_unit_test(writer_counts_entries),
+        cmocka_unit_test(msgpack_check_every_type),
         cmocka_unit_test(reader_refuses_malformed),
         cmocka_unit_test(reader_accepts_nil_stats_and_signed_ids),
         cmocka_unit_test(router_bytes_unchanged),

@@ -22,6 +22,11 @@
  *
  * Invariants: len <= limit at all times; the reader never reads past len and
  * never trusts a length field before checking it against the bytes left.
+ * Tables are pre-sized from their declared lengths only up to a budget of
+ * one slot per byte of the payload, shared by every container in it: nested
+ * containers that each declare as many elements as there are bytes left
+ * cannot make the reader allocate more than a small multiple of the
+ * payload's size before their elements are actually read.
  *
  * Beyond codec.h: the light userdata NULL (json.null) is encoded as nil, so
  * decoded JSON can flow through a pipeline; msgpack uint64 values above
@@ -391,10 +396,21 @@ typedef struct {
     const uint8_t *p;
     size_t len;
     size_t pos;
+    size_t presize;   /* table slots that may still be pre-allocated */
     ss_err err;
     char *msg;
     size_t msglen;
 } unpacker;
+
+/* How many of a container's n declared elements to pre-allocate. */
+static int presize(unpacker *u, uint64_t n)
+{
+    uint64_t hint = n < u->presize ? n : u->presize;
+    if (hint > INT_MAX)
+        hint = INT_MAX;
+    u->presize -= hint;
+    return (int)hint;
+}
 
 static int unpack_fail(unpacker *u, size_t at, const char *what)
 {
@@ -435,7 +451,7 @@ static int push_container(lua_State *L, unpacker *u, int depth, uint64_t n, int 
     if (n > (u->len - u->pos) / (map ? 2 : 1))
         return unpack_fail(u, at, map ? "map longer than the payload" : "array longer than the payload");
     luaL_checkstack(L, 3, "decoding MessagePack");
-    int hint = n > INT_MAX ? 0 : (int)n;
+    int hint = presize(u, n);
     if (!map) {
         lua_createtable(L, hint, 0);
         for (uint64_t i = 1; i <= n; i++) {
@@ -609,6 +625,7 @@ ss_err ss_batch_reader_init(ss_batch_reader *r, const void *payload, size_t len)
     r->pos = pos;
     r->count = n;
     r->next = 0;
+    r->presize = len;
     return SS_OK;
 }
 
@@ -630,8 +647,9 @@ ss_err ss_batch_reader_next(ss_batch_reader *r, lua_State *L, char *msg, size_t 
         return SS_ERR_CLOSED;
     }
     unpacker u = {.p = (const uint8_t *)r->data, .len = r->len, .pos = r->pos,
-                  .msg = msg, .msglen = msglen};
+                  .presize = r->presize, .msg = msg, .msglen = msglen};
     ss_err err = decode_one(L, &u);
+    r->presize = u.presize;
     if (err != SS_OK) {
         r->next = r->count;
         r->pos = r->len;
@@ -646,7 +664,7 @@ ss_err ss_batch_reader_next(ss_batch_reader *r, lua_State *L, char *msg, size_t 
  * not exactly one MessagePack value). */
 ss_err ss_codec_decode(lua_State *L, const void *buf, size_t len)
 {
-    unpacker u = {.p = buf, .len = len};
+    unpacker u = {.p = buf, .len = len, .presize = len};
     ss_err err = decode_one(L, &u);
     if (err != SS_OK)
         return err;

@@ -50,6 +50,7 @@ typedef struct {
     size_t pos;
     uint32_t count;    /* events in the batch */
     uint32_t next;     /* index of the next event */
+    size_t presize;    /* table slots the rest of the batch may pre-allocate */
 } ss_batch_reader;
 
 /* Check the array header; SS_ERR_FORMAT when the payload is not an array. */

@@ -14,6 +14,7 @@
  * hand-written parser (codec.c has one for the hot path).
  */
 #include "wire/eos.h"
+#include "wire/pack.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -131,6 +132,11 @@ ss_err ss_eos_read(ss_eos_reader *r, const void *buf, size_t len, char *err, siz
         return SS_ERR_TOOBIG;
     }
     size_t off = 0;
+    char why[128];
+    if (ss_msgpack_check(buf, len, SS_MSGPACK_DEPTH, why, sizeof why) != 0) {
+        ss_say(err, errlen, "EOS payload is not one MessagePack value: %s", why);
+        return SS_ERR_FORMAT;
+    }
     if (msgpack_unpack_next(&r->u, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
         ss_say(err, errlen, "EOS payload is not one MessagePack value");
         return SS_ERR_FORMAT;

@@ -18,6 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* msgpack-c refuses deeper nesting (MSGPACK_EMBED_STACK_SIZE) */
+#define SS_MSGPACK_DEPTH 32
+
 typedef struct {
     uint8_t *data;     /* the caller's storage */
     size_t cap;
@@ -56,5 +59,15 @@ void ss_growbuf_cleanup(ss_growbuf *b);
 void ss_pack_str(msgpack_packer *pk, const char *s);
 /* A map entry: the key as a str, then the value. */
 void ss_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v);
+
+/* Before msgpack-c decodes untrusted bytes: check that buf is exactly one
+ * well-formed MessagePack value, nested at most max_depth containers deep,
+ * whose containers declare at most as many elements in all as buf has bytes
+ * (every element takes a byte at least). msgpack_unpack_next allocates for
+ * the declared sizes before it reads the elements, so without this a few
+ * bytes declaring 2^32 elements make it reserve gigabytes; after it, what
+ * it allocates is a small multiple of len. 0, or -1 with the reason and the
+ * byte offset in why. */
+int ss_msgpack_check(const void *buf, size_t len, int max_depth, char *why, size_t whylen);
 
 #endif
