@@ -67,6 +67,25 @@ static void fresh_then_duplicate(void **state)
     ss_replay_destroy(&r);   /* accepts NULL */
 }
 
+/* The largest sequence number is refused: accepting it would wrap the
+ * window's top to 0 (and a loop to it would never end), after which every
+ * replay would pass. A hostile producer's header sets it in plain mode. */
+static void last_sequence_number(void **state)
+{
+    (void)state;
+    ss_replay_t *r = window(0);
+    const step steps[] = {
+        { 1, 5, 1, NULL },
+        { 1, UINT64_MAX, 0, "sequence number 18446744073709551615 is out of range" },
+        { 1, 5, 0, REPLAYED },
+        { 2, UINT64_MAX, 0, "sequence number 18446744073709551615 is out of range" },
+        { 2, UINT64_MAX - 1, 1, NULL },
+        { 2, UINT64_MAX - 1, 0, REPLAYED },
+    };
+    run_steps(r, steps, sizeof steps / sizeof *steps);
+    ss_replay_destroy(&r);
+}
+
 static void too_old(void **state)
 {
     (void)state;
@@ -194,6 +213,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fresh_then_duplicate), cmocka_unit_test(too_old),
+        cmocka_unit_test(last_sequence_number),
         cmocka_unit_test(window_slides),        cmocka_unit_test(jump_past_window),
         cmocka_unit_test(producer_bound),       cmocka_unit_test(many_producers),
     };

@@ -127,6 +127,12 @@ static slot *add(ss_replay_t *r, uint64_t producer, uint64_t seq)
 
 int ss_replay_check(ss_replay_t *r, uint64_t producer, uint64_t seq, char *why, size_t whylen)
 {
+    /* Sequence numbers count up from 0: the last one can never be honest,
+     * and the window's top (seq + 1) would wrap to 0 and let replays in. */
+    if (seq == UINT64_MAX) {
+        ss_say(why, whylen, "sequence number %llu is out of range", (unsigned long long)seq);
+        return 0;
+    }
     slot *s = find(r, producer);
     if (!s) {
         if (r->n == r->cap && r->max) {
