@@ -12,15 +12,20 @@
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#define MAX_CHUNKS 16   /* -e options */
 
 /* securestreams lua [-e CODE] [SCRIPT [ARGS...]]. 0 done (or --help), 1 a
  * script error, 2 usage. */
 int ss_cmd_lua(int argc, char **argv)
 {
-    const char *code = NULL;
+    const char *chunks[MAX_CHUNKS];
+    ss_optlist code = { chunks, 0 };
     int nargs;
     const ss_opt opts[] = {
-        { "--execute", 'e', SS_OPT_STRING, &code, "CODE", "run CODE (before SCRIPT, when one is given)" },
+        { "--execute", 'e', SS_OPT_LIST, &code, "CODE",
+          "run CODE (each -e in order, before SCRIPT when one is given)", .max = MAX_CHUNKS },
         { NULL },
     };
     const ss_cli cli = {
@@ -34,7 +39,7 @@ int ss_cmd_lua(int argc, char **argv)
     if (!args)
         return ss_cli_fail(&cli, SS_EXIT_ERROR, "out of memory");
     int rc = ss_cli_parse(&cli, argc, argv, args, &nargs);
-    if (rc == SS_CLI_GO && !code && nargs == 0)
+    if (rc == SS_CLI_GO && code.n == 0 && nargs == 0)
         rc = ss_cli_fail(&cli, SS_EXIT_USAGE, "which script? give SCRIPT or -e CODE");
     if (rc != SS_CLI_GO)
         goto out;
@@ -46,8 +51,10 @@ int ss_cmd_lua(int argc, char **argv)
         goto out;
     }
     rc = SS_EXIT_OK;
-    if (code && (luaL_loadstring(L, code) != LUA_OK || ss_lua_pcall(L, 0, 0) != LUA_OK))
-        rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", lua_tostring(L, -1));
+    for (int i = 0; i < code.n && rc == SS_EXIT_OK; i++)
+        if (luaL_loadbuffer(L, code.items[i], strlen(code.items[i]), "=(command line)") != LUA_OK
+            || ss_lua_pcall(L, 0, 0) != LUA_OK)
+            rc = ss_cli_fail(&cli, SS_EXIT_ERROR, "%s", lua_tostring(L, -1));
     char err[4096];
     if (rc == SS_EXIT_OK && nargs > 0
         && ss_lua_run_file(L, args[0], nargs - 1, args + 1, err, sizeof err) != SS_OK)

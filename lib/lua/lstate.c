@@ -143,6 +143,7 @@ static int run_script(lua_State *L)
 {
     const script_run *r = lua_touserdata(L, 1);
     lua_settop(L, 0);
+    luaL_checkstack(L, r->argc + 3, "too many arguments for the script");
     lua_createtable(L, r->argc, 1);
     lua_pushstring(L, r->path);
     lua_rawseti(L, -2, 0);
@@ -163,9 +164,9 @@ ss_err ss_lua_run_file(lua_State *L, const char *path, int argc, char **argv, ch
                        size_t errlen)
 {
     script_run r = { path, argc, argv };
+    int top = lua_gettop(L);
     lua_pushcfunction(L, run_script);
     lua_pushlightuserdata(L, &r);
-    int top = lua_gettop(L);
     int status = ss_lua_pcall(L, 1, 1);
     if (status != LUA_OK || !lua_isnil(L, -1)) {
         const char *msg = lua_tostring(L, -1);

@@ -31,3 +31,8 @@ local csv = require \"csv\"
 local n, b, d, z, a = csv.fields(\"a,\\\"b,c\\\",d\", 2, 3, 5, 1)
 assert(n == 3 and b == \"b,c\" and d == \"d\" and z == nil and a == \"a\", \"fields\")
 assert(not pcall(csv.fields, \"a,\\\"b\", 1), \"malformed line accepted\")'"
+# a script gets every argument, however many (the Lua stack grows for them)
+printf 'print(select("#", ...), #arg, arg[0] ~= nil)\n' >"$T/count.lua"
+"$SS" lua "$T/count.lua" $(seq 500) >"$T/count.out" 2>&1
+check "lua: 500 script arguments reach the script" grep -qx "500	500	true" "$T/count.out"
+check "lua: every -e runs, in order" sh -c "test \"\$('$SS' lua -e 'x = 1' -e 'x = x * 10' -e 'print(x + 1)')\" = 11"
