@@ -154,20 +154,34 @@ static int store(const ss_cli *cmd, const ss_opt *o, const char *from, const cha
 
 /* The entry of `arg` ("--name", "--name=v" or "-x"); *inline_value is the
  * text after '=' when there is one. */
-static const ss_opt *find(const ss_cli *cmd, const char *arg, const char **inline_value)
+static const ss_opt *find(const ss_cli *cmd, const char *arg, const char **inline_value,
+                          int *ambiguous)
 {
     *inline_value = NULL;
+    *ambiguous = 0;
+    const char *eq = strchr(arg, '=');
+    size_t typed = eq ? (size_t)(eq - arg) : strlen(arg);
+    const ss_opt *prefix_of = NULL;
     for (const ss_opt *o = cmd->opts; o && o->name; o++) {
         size_t n = strlen(o->name);
-        if (!strncmp(arg, o->name, n) && (arg[n] == '\0' || arg[n] == '=')) {
-            if (arg[n] == '=')
-                *inline_value = arg + n + 1;
+        if (typed == n && !strncmp(arg, o->name, n)) {
+            if (eq)
+                *inline_value = eq + 1;
             return o;
         }
         if (o->letter && arg[0] == '-' && arg[1] == o->letter && arg[2] == '\0')
             return o;
+        /* as getopt_long: an unambiguous abbreviation of a long option */
+        if (typed > 2 && typed < n && arg[1] == '-' && !strncmp(arg, o->name, typed)) {
+            *ambiguous |= prefix_of != NULL;
+            prefix_of = o;
+        }
     }
-    return NULL;
+    if (!prefix_of || *ambiguous)
+        return NULL;
+    if (eq)
+        *inline_value = eq + 1;
+    return prefix_of;
 }
 
 /* The most options a table may have (cli.h keeps them short). */
@@ -204,9 +218,11 @@ int ss_cli_parse(const ss_cli *cmd, int argc, char **argv, char **args, int *nar
                 ss_cli_usage(cmd, stdout);
                 return SS_EXIT_OK;
             }
-            const ss_opt *o = find(cmd, a, &value);
+            int ambiguous;
+            const ss_opt *o = find(cmd, a, &value, &ambiguous);
             if (!o)
-                return ss_cli_fail(cmd, SS_EXIT_USAGE, "unknown option '%s'", a);
+                return ss_cli_fail(cmd, SS_EXIT_USAGE, "%s option '%s'",
+                                   ambiguous ? "ambiguous" : "unknown", a);
             /* messages name the option as it was typed: -o or --output */
             const char *typed = value ? o->name : a;
             if (o->type == SS_OPT_FLAG) {

@@ -432,6 +432,28 @@ static void unknown_options(void **state)
     assert_usage_error(PARSE(&v, "--bogus=1", "in"), &v, "unknown option '--bogus=1'");
 }
 
+/* As getopt_long: an unambiguous abbreviation of a long option is that
+ * option; an exact name wins over names it abbreviates; two candidates are
+ * an error naming the option as typed. */
+static void abbreviations(void **state)
+{
+    (void)state;
+    vals v;
+    assert_go(PARSE(&v, "--cou", "7", "in"), &v);
+    assert_int_equal(v.count, 7);
+    assert_go(PARSE(&v, "--si=2K", "in"), &v);
+    assert_int_equal(v.size, 2048);
+    assert_go(PARSE(&v, "--verb", "in"), &v);
+    assert_int_equal(v.verbose, 1);
+    assert_go(PARSE(&v, "--header", "in"), &v);      /* exact, though --header is no prefix of another */
+    assert_int_equal(v.header, 1);
+    assert_go(PARSE(&v, "--no-h", "in"), &v);
+    assert_int_equal(v.header, 0);
+    assert_usage_error(PARSE(&v, "--s", "in"), &v, "ambiguous option '--s'");   /* --size, --secret */
+    assert_usage_error(PARSE(&v, "--x", "in"), &v, "unknown option '--x'");
+    assert_usage_error(PARSE(&v, "--counter", "in"), &v, "unknown option '--counter'");
+}
+
 static void positional_bounds(void **state)
 {
     (void)state;
@@ -523,6 +545,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(bad_environment_names_the_variable, setup, teardown),
         cmocka_unit_test_setup_teardown(double_dash_ends_options, setup, teardown),
         cmocka_unit_test_setup_teardown(unknown_options, setup, teardown),
+        cmocka_unit_test_setup_teardown(abbreviations, setup, teardown),
         cmocka_unit_test_setup_teardown(positional_bounds, setup, teardown),
         cmocka_unit_test_setup_teardown(options_first, setup, teardown),
         cmocka_unit_test_setup_teardown(help, setup, teardown),
