@@ -88,8 +88,8 @@ enum {
  * Parse argv (argv[0] is the command's name) against cmd: first every
  * option's environment variable, then the arguments, "--name VALUE",
  * "--name=VALUE", "-x VALUE" (a long name may be abbreviated while the
- * abbreviation is unambiguous, as with getopt_long), "--" ending the options.(and, with
- * options_first, the first positional argument ending them). A flag's
+ * abbreviation is unambiguous, as with getopt_long), "--" ending the options
+ * (and, with options_first, the first positional argument ending them). A flag's
  * variable turns it on unless it is "0". Positional arguments
  * are stored in args (room for cmd->max_args) and counted in *nargs (both may
  * be NULL when max_args is 0). Returns SS_CLI_GO; or SS_EXIT_OK after --help
