@@ -30,6 +30,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* The enclave backends a run on this machine can start (sgx is deploy's:
+ * it needs SGX nodes and the Gramine build). */
+static const char *const local_backends[] = { "isolated", "inprocess", NULL };
+
 #define MAX_CHILDREN (SS_MAX_STAGES * SS_MAX_WORKERS + SS_MAX_STAGES + 8)
 #define SINK_GRACE_MS 10000   /* how long the others may run on after the sink finished */
 
@@ -472,7 +476,7 @@ int ss_cmd_run(int argc, char **argv)
           "plain; encrypted (every batch sealed; needs --key); enclave\n"
           "(encrypted, and every stage's code in an enclave)" },
         { "--enclave-backend", 0, SS_OPT_CHOICE, &a.o.enclave_backend, "B",
-          "isolated (default: a seccomp-locked child) or inprocess", .choices = ss_plan_backends },
+          "isolated (default: a seccomp-locked child) or inprocess", .choices = local_backends },
         { "--fuse", 0, SS_OPT_FLAG, &a.o.fuse, NULL,
           "run all stages in each worker, in order (one stage of\nworkers, no routers between the stages)",
           .value = 1 },
