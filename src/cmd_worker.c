@@ -76,29 +76,31 @@ static int protected(lua_State *L, lua_CFunction f, stage_run *r)
     return ss_lua_pcall(L, 1, 0);
 }
 
-/* Whether msg already starts with one of the scripts' paths. */
+/* Whether msg already names one of the scripts. */
 static int names_a_script(const char *msg, const stage_run *r)
 {
-    for (int i = 0; i < r->nscripts; i++) {
-        size_t n = strlen(r->scripts[i]);
-        if (!strncmp(msg, r->scripts[i], n) && msg[n] == ':')
+    for (int i = 0; i < r->nscripts; i++)
+        if (strstr(msg, r->scripts[i]))
             return 1;
-    }
     return 0;
 }
 
-/* Report a stage's error: "NAME: SCRIPT: message", the script left out
- * when the message starts with it. */
+/* Report a stage's error: "NAME: SCRIPT: message", the name left out when
+ * it is the command's own and the script when the message names it. */
 static int script_error(const ss_cli *cli, int status, const char *name, const stage_run *r,
                         const char *msg)
 {
-    if (names_a_script(msg, r))
-        return ss_cli_fail(cli, status, "%s: %s", name, msg);
     char list[512] = "";
     size_t len = 0;
-    for (int i = 0; i < r->nscripts && len < sizeof list; i++)
-        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "+" : "", r->scripts[i]);
-    return ss_cli_fail(cli, status, "%s: %s: %s", name, list, msg);
+    if (strcmp(name, cli->name) != 0)
+        len = (size_t)snprintf(list, sizeof list, "%s: ", name);
+    if (!names_a_script(msg, r)) {
+        for (int i = 0; i < r->nscripts && len < sizeof list; i++)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "+" : "", r->scripts[i]);
+        if (len < sizeof list)
+            snprintf(list + len, sizeof list - len, ": ");
+    }
+    return ss_cli_fail(cli, status, "%s%s", list, msg);
 }
 
 /* Run the stage in a new Lua state; the exit status. */
