@@ -339,6 +339,7 @@ static void lua_errors_and_sandbox(void **state)
                      SS_ERR_USAGE);
     snprintf(want, sizeof want, "%s:2: attempt to index a nil value (global 'nope')", path);
     ASSERT_STR_EQ(err, want);
+    refused("error({})", SS_ERR_USAGE, "the spec raised an error that is not a string (a table)");
     static const char *const blocked[] = {
         "return io.open('/etc/hostname')",
         "return os.exit(1)",

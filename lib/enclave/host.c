@@ -507,7 +507,9 @@ out:
  * measurement) or the error it met, which is ours. */
 static ss_err read_ready(ss_enclave_t *e, char *err, size_t errlen)
 {
-    ss_channel_reply *rep = &e->ch.ctl->rep;
+    ss_channel_reply copy;   /* the child could change the shared one as we read it */
+    memcpy(&copy, &e->ch.ctl->rep, sizeof copy);
+    ss_channel_reply *rep = &copy;
     rep->message[sizeof rep->message - 1] = 0;
     rep->measurement[sizeof rep->measurement - 1] = 0;
     if (rep->status != SS_OK) {

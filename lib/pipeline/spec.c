@@ -291,12 +291,16 @@ ss_err ss_spec_load(const char *path, ss_spec *s, char *err, size_t errlen)
     }
     int loaded = luaL_loadfilex(c.L, path, "t");
     if (loaded != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(c.L, -1));
+        snprintf(err, errlen, "%s", lua_tostring(c.L, -1));   /* always a string */
         e = loaded == LUA_ERRFILE ? SS_ERR_IO : SS_ERR_USAGE;
         goto out;
     }
     if (lua_pcall(c.L, 0, 1, 0) != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(c.L, -1));
+        const char *msg = lua_tostring(c.L, -1);
+        if (msg)
+            snprintf(err, errlen, "%s", msg);
+        else
+            fail(&c, "the spec raised an error that is not a string (a %s)", luaL_typename(c.L, -1));
         e = SS_ERR_USAGE;
         goto out;
     }
