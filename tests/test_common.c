@@ -215,6 +215,13 @@ static void file_read_refusals(void **state)
     ASSERT_UINT_EQ(len, 0);
     snprintf(want, sizeof want, "%s: not a regular file", test_dir());
     ASSERT_STR_EQ(err, want);
+    /* a FIFO with no writer: refused at once, not waited on */
+    const char *fifo = test_path("fifo");
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(ss_file_read(fifo, 1 << 20, 0, &buf, &len, NULL, err, sizeof err),
+                     SS_ERR_FORMAT);
+    snprintf(want, sizeof want, "%s: not a regular file", fifo);
+    ASSERT_STR_EQ(err, want);
     /* a missing file: errno's text, the path named */
     const char *missing = test_path("missing");
     buf = (char *)1;

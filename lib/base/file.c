@@ -27,7 +27,9 @@ ss_err ss_file_read(const char *path, size_t max, int flags, char **out, size_t 
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer before fstat
+     * refuses it; on a regular file it changes nothing. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int en = errno;
         ss_say(err, errlen, "cannot open %s: %s", path, strerror(en));
@@ -35,7 +37,7 @@ ss_err ss_file_read(const char *path, size_t max, int flags, char **out, size_t 
     }
     ss_err rc = SS_ERR_IO;
     char *buf = NULL;
-    size_t n = 0;
+    size_t n = 0, cap;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int en = errno;
@@ -54,22 +56,36 @@ ss_err ss_file_read(const char *path, size_t max, int flags, char **out, size_t 
         rc = SS_ERR_TOOBIG;
         goto out;
     }
-    /* One allocation of the bound (plus the NUL), so secret bytes are never
-     * left behind in a buffer that realloc gave back; secrets go in locked
-     * memory that is wiped when freed. */
+    /* Secrets: one allocation of the bound (plus the NUL), in locked memory
+     * wiped when freed, so no copy is left in a buffer realloc gave back.
+     * Other files: the file's size, grown up to the bound if it grows. */
     if ((flags & SS_FILE_SECRET) && sodium_init() < 0) {   /* idempotent; sodium_malloc needs it */
         ss_say(err, errlen, "cannot read %s: libsodium does not start", path);
         rc = SS_ERR_NOMEM;
         goto out;
     }
-    buf = (flags & SS_FILE_SECRET) ? sodium_malloc(max + 1) : malloc(max + 1);
+    cap = (flags & SS_FILE_SECRET) ? max : (size_t)st.st_size;
+    buf = (flags & SS_FILE_SECRET) ? sodium_malloc(cap + 1) : malloc(cap + 1);
     if (!buf) {
         ss_say(err, errlen, "out of memory reading %s", path);
         rc = SS_ERR_NOMEM;
         goto out;
     }
     for (;;) {
-        ssize_t got = read(fd, buf + n, max + 1 - n);
+        if (n == cap + 1) {   /* full: it grew while we read it (never a secret's) */
+            size_t more = cap < max / 2 ? 2 * cap + 4096 : max;
+            if (more > max)
+                more = max;
+            char *p = realloc(buf, more + 1);
+            if (!p) {
+                ss_say(err, errlen, "out of memory reading %s", path);
+                rc = SS_ERR_NOMEM;
+                goto out;
+            }
+            buf = p;
+            cap = more;
+        }
+        ssize_t got = read(fd, buf + n, cap + 1 - n);
         if (got < 0 && errno == EINTR)
             continue;
         if (got < 0) {
