@@ -104,12 +104,13 @@ typedef struct {
     int io;
 } diag_t;
 
+/* Fill d with a message and return -1, for `return say(d, ...)`. */
 static int say(diag_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int say(diag_t *d, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(d->msg, sizeof d->msg, fmt, ap);
+    ss_vsay(d->msg, sizeof d->msg, fmt, ap);
     va_end(ap);
     return -1;
 }

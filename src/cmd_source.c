@@ -277,7 +277,7 @@ static int open_input(const ss_cli *cli, const source_args *a, source_run *r)
 static int connect_router(const ss_cli *cli, const source_args *a, source_run *r)
 {
     char err[512];
-    if (ss_batch_writer_init(&r->s.writer, SS_MAX_MESSAGE / 2) != SS_OK || !(r->buf = malloc(READ_BUF)))
+    if (ss_batch_writer_init(&r->s.writer, SS_BATCH_BYTES_MAX) != SS_OK || !(r->buf = malloc(READ_BUF)))
         return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
     ss_link_opts o;
     ss_link_opts_init(&o);
@@ -416,7 +416,7 @@ int ss_cmd_source(int argc, char **argv)
         { "--header", 0, SS_OPT_FLAG, &a.header, NULL, "the first line is a header: skip it (default)" },
         { "--no-header", 0, SS_OPT_FLAG, &a.header, NULL, "every line is a record", .flags = SS_OPTF_CLEAR },
         { "--batch-bytes", 0, SS_OPT_UINT, &batch_bytes, "N", "cut batches at about N bytes (default 1048576)",
-          .min = 64, .max = SS_MAX_MESSAGE / 2 },
+          .min = 64, .max = SS_BATCH_BYTES_MAX },
         { "--name", 0, SS_OPT_STRING, &a.name, "NAME", "name in logs (default source)" },
         { "--stream", 0, SS_OPT_UINT, &stream, "ID", "pipeline id shared by every component (default\n"
                                                      "$SS_STREAM, else 0x53530001)",

@@ -14,13 +14,17 @@
 
 static const char *component = "securestreams";
 
+void ss_vsay(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (err && errlen > 0)
+        vsnprintf(err, errlen, fmt, ap);
+}
+
 void ss_say(char *err, size_t errlen, const char *fmt, ...)
 {
-    if (!err || errlen == 0)
-        return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
+    ss_vsay(err, errlen, fmt, ap);
     va_end(ap);
 }
 

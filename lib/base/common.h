@@ -10,6 +10,7 @@
 #ifndef SS_COMMON_H
 #define SS_COMMON_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,8 @@ const char *ss_strerror(ss_err e);
  * every function here that takes one reports what failed and where. Does
  * nothing when err is NULL or errlen is 0. */
 void ss_say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* ss_say with a va_list, for helpers that add to it. */
+void ss_vsay(char *err, size_t errlen, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 
 /* Name used as the prefix of every log line of this process. Not copied. */
 void ss_log_init(const char *component);

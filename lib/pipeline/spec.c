@@ -182,7 +182,7 @@ static ss_err parse(ctx *c, ss_spec *s)
     if ((e = only_keys(c, src, "source", source_keys)) != SS_OK ||
         (e = get_string(c, src, "file", "source", 0, NULL, &file)) != SS_OK ||
         (e = get_bool(c, src, "header", "source", 1, &s->header)) != SS_OK ||
-        (e = get_int(c, src, "batch_bytes", "source", 64, 8 << 20, SS_BATCH_BYTES, &s->batch_bytes)) != SS_OK) {
+        (e = get_int(c, src, "batch_bytes", "source", 64, SS_BATCH_BYTES_MAX, SS_BATCH_BYTES, &s->batch_bytes)) != SS_OK) {
         free(file);
         return e;
     }

@@ -31,10 +31,6 @@ ss_err ss_envelope_open(ss_envelope_t *e, const uint8_t *header_bytes, const voi
                         size_t lineage_len, const void *sealed, size_t len,
                         const uint8_t **out, size_t *outlen, char *why, size_t whylen);
 
-/* The associated data of a record opens with this tag, then its context:
- * no stream message's associated data (a header) can be taken for it. */
-#define SS_RECORD_AD "securestreams record "
-
 /* Seal and open small records that are not stream messages (statistics in
  * an end of stream): nonce `seq` from the producer's sequence (never reused
  * for a message), associated data SS_RECORD_AD || context. */

@@ -24,6 +24,11 @@
 #define SS_LINEAGE_ENTRY 16           /* one (source, seq) pair of a lineage frame */
 #define SS_MAX_MESSAGE (16u << 20)    /* header + lineage + payload; ZMQ_MAXMSGSIZE of links */
 #define SS_BATCH_BYTES (1u << 20)     /* default batch size */
+#define SS_BATCH_BYTES_MAX (SS_MAX_MESSAGE / 2)   /* the largest batch size a source may be given */
+#define SS_REPLAY_WINDOW 16384        /* sequence numbers a consumer remembers below a producer's newest */
+/* The associated data of a sealed record opens with this tag, then its
+ * context: no stream message's associated data (a header) can be taken for it. */
+#define SS_RECORD_AD "securestreams record "
 #define SS_DEFAULT_STREAM 0x53530001u /* pipeline id when none is given (env SS_STREAM) */
 
 /* ---- protocol timing (docs/protocol.md, "Router rules" 1) ---- */

@@ -14,8 +14,7 @@
 #define SS_REPLAY_H
 
 #include "base/common.h"
-
-#define SS_REPLAY_WINDOW 16384   /* sequence numbers remembered below a producer's newest */
+#include "wire/frame.h"   /* SS_REPLAY_WINDOW */
 
 typedef struct ss_replay ss_replay_t;
 
