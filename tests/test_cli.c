@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test.h"
+
 #include "cli.h"
 #include "base/common.h"
 
@@ -154,12 +156,6 @@ static void assert_usage_error(int rc, const vals *v, const char *what)
         fail_msg("'%s' not in the first line of '%s'", what, v->err);
     assert_string_equal(nl + 1, "(securestreams tcli --help prints the usage)\n");
     assert_string_equal(v->out, "");
-}
-
-static void assert_contains(const char *text, const char *part)
-{
-    if (!strstr(text, part))
-        fail_msg("'%s' not in '%s'", part, text);
 }
 
 static void assert_go(int rc, const vals *v)
@@ -500,10 +496,10 @@ static void help(void **state)
         assert_string_equal(v.err, "");
         if (strncmp(v.out, "usage: securestreams tcli IN [OUT] [options]\nA command to test the parser.\n", 74) != 0)
             fail_msg("usage starts wrong: '%s'", v.out);
-        assert_contains(v.out, "\n  -v, --verbose         say more (env T_VERBOSE)\n");
-        assert_contains(v.out, "\n  -n, --count N         how many (env T_COUNT)\n");
-        assert_contains(v.out, "\n  -i, --item ITEM       an item (repeatable) (env T_ITEM)\n");
-        assert_contains(v.out, "\n  --no-header           every line is a record\n");
+        ASSERT_CONTAINS(v.out, "\n  -v, --verbose         say more (env T_VERBOSE)\n");
+        ASSERT_CONTAINS(v.out, "\n  -n, --count N         how many (env T_COUNT)\n");
+        ASSERT_CONTAINS(v.out, "\n  -i, --item ITEM       an item (repeatable) (env T_ITEM)\n");
+        ASSERT_CONTAINS(v.out, "\n  --no-header           every line is a record\n");
         assert_null(strstr(v.out, "--secret"));
         size_t n = strlen(v.out);
         assert_true(n > 22);

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test.h"
+
 #include "cli.h"
 #include "crypto/crypto.h"
 #include "lua/lstate.h"
@@ -51,12 +53,6 @@ static void assert_bytes_equal(const void *a, size_t alen, const void *b, size_t
                      y[i], alen, blen);
     if (alen != blen)
         fail_msg("lengths differ: %zu != %zu (equal up to the shorter)", alen, blen);
-}
-
-static void assert_contains(const char *s, const char *part)
-{
-    if (!strstr(s, part))
-        fail_msg("\"%s\" does not contain \"%s\"", s, part);
 }
 
 /* ------------------------------------------------------------------------
@@ -148,7 +144,7 @@ static void writer_bound_is_hard(void **state)
     ss_eos_writer_begin(&w, members, 64, 0);
     assert_int_equal(ss_eos_writer_finish(&w, &out, &len, err, sizeof err), SS_ERR_TOOBIG);
     assert_null(out);
-    assert_contains(err, "exceeds its bound of");
+    ASSERT_CONTAINS(err, "exceeds its bound of");
     assert_true(w.buf.cap <= need - 1);   /* it never grew past the limit */
     ss_eos_writer_cleanup(&w);
 
@@ -169,7 +165,7 @@ static void writer_counts_entries(void **state)
     ss_eos_writer_key(&w, 1);
     msgpack_pack_nil(ss_eos_writer_packer(&w));
     assert_int_equal(ss_eos_writer_finish(&w, &out, &len, err, sizeof err), SS_ERR_USAGE);
-    assert_contains(err, "announced 2 statistics entries but has 1");
+    ASSERT_CONTAINS(err, "announced 2 statistics entries but has 1");
     ss_eos_writer_cleanup(&w);
 }
 
@@ -274,15 +270,15 @@ static void msgpack_check_every_type(void **state)
             fail_msg("a prefix of %zu of %zu bytes accepted", n, sb.size);
     msgpack_sbuffer_write(&sb, "\xc0", 1);
     assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, why, sizeof why), -1);
-    assert_contains(why, "1 bytes after the value");
+    ASSERT_CONTAINS(why, "1 bytes after the value");
     /* 0xc1 is never used; nesting past the bound */
     assert_int_equal(ss_msgpack_check("\xc1", 1, SS_MSGPACK_DEPTH, why, sizeof why), -1);
-    assert_contains(why, "starts no value");
+    ASSERT_CONTAINS(why, "starts no value");
     uint8_t deep[40];
     memset(deep, 0x91, sizeof deep);
     deep[sizeof deep - 1] = 0xc0;
     assert_int_equal(ss_msgpack_check(deep, sizeof deep, SS_MSGPACK_DEPTH, why, sizeof why), -1);
-    assert_contains(why, "nested deeper than 32");
+    ASSERT_CONTAINS(why, "nested deeper than 32");
     assert_int_equal(ss_msgpack_check(deep + 10, sizeof deep - 10, SS_MSGPACK_DEPTH, why, sizeof why), 0);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -335,7 +331,7 @@ static void reader_refuses_malformed(void **state)
         ss_eos_reader br;
         assert_int_equal(ss_eos_read(&br, bomb, n, why, sizeof why), SS_ERR_FORMAT);
         ss_eos_reader_cleanup(&br);
-        assert_contains(why, "declare more elements than there are bytes");
+        ASSERT_CONTAINS(why, "declare more elements than there are bytes");
     }
     /* Larger than any message could carry: refused before it is parsed. */
     char err[256] = "";
@@ -343,7 +339,7 @@ static void reader_refuses_malformed(void **state)
     static const uint8_t one[1] = { 0x80 };
     assert_int_equal(ss_eos_read(&r, one, (size_t)SS_EOS_MAX_BYTES + 1, err, sizeof err),
                      SS_ERR_TOOBIG);
-    assert_contains(err, "bytes exceeds the");
+    ASSERT_CONTAINS(err, "bytes exceeds the");
     ss_eos_reader_cleanup(&r);
 }
 
@@ -958,7 +954,7 @@ static void lua_refuses_bad_tables(void **state)
                  "return err\n", bad[i][0]);
         run_lua(L, chunk, f.endpoint);
         print_message("%s -> %s\n", bad[i][0], lua_tostring(L, -1));
-        assert_contains(lua_tostring(L, -1), bad[i][1]);
+        ASSERT_CONTAINS(lua_tostring(L, -1), bad[i][1]);
         lua_pop(L, 1);
     }
     ss_lua_close(L);

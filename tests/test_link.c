@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test.h"
 #include "net/link.h"
 #include "net/router.h"
 #include "wire/eos.h"
@@ -39,22 +40,9 @@
 #define LIVE_MS 3000
 #define PAYLOAD 100
 
-/* ---- a router in a thread ---- */
+/* ---- a router in a thread (test.h) ---- */
 
-typedef struct {
-    ss_router_t *r;
-    volatile int stop;
-    ss_err rc;
-    pthread_t th;
-    int running;
-} router_run;
-
-static void *router_thread(void *arg)
-{
-    router_run *rr = arg;
-    rr->rc = ss_router_run(rr->r, &rr->stop);
-    return NULL;
-}
+typedef test_router router_run;
 
 static void router_start(router_run *rr, void *zctx, size_t max_bytes)
 {
@@ -68,11 +56,7 @@ static void router_start(router_run *rr, void *zctx, size_t max_bytes)
     o.liveness_ms = LIVE_MS;
     if (max_bytes)
         o.max_bytes = max_bytes;
-    char err[256];
-    memset(rr, 0, sizeof *rr);
-    assert_int_equal(ss_router_new(zctx, &o, &rr->r, err, sizeof err), SS_OK);
-    assert_int_equal(pthread_create(&rr->th, NULL, router_thread, rr), 0);
-    rr->running = 1;
+    test_router_start(rr, zctx, &o);
 }
 
 /* Stop the router (it has not reached end of stream: SS_ERR_CLOSED), return
@@ -81,8 +65,7 @@ static ss_router_stats router_stop(router_run *rr)
 {
     ss_router_stats st;
     rr->stop = 1;
-    pthread_join(rr->th, NULL);
-    rr->running = 0;
+    test_router_finish(rr, 10);
     ss_router_get_stats(rr->r, &st);
     ss_router_destroy(&rr->r);
     return st;
@@ -536,11 +519,7 @@ static void drain_and_end_of_stream(void **state)
     assert_int_equal(ss_consumer_ack(c, d.tag), SS_OK);
 
     /* The router ends by itself once the consumer acknowledged the EOS. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 10;
-    assert_int_equal(pthread_timedjoin_np(rr.th, NULL, &ts), 0);
-    assert_int_equal(rr.rc, SS_OK);
+    assert_int_equal(test_router_finish(&rr, 10), SS_OK);
     ss_router_destroy(&rr.r);
     ss_consumer_destroy(&c);
     ss_producer_destroy(&p);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test.h"
 #include "crypto/crypto.h"
 #include "crypto/sealed.h"
 #include "pipeline/plan.h"
@@ -54,13 +55,7 @@ static const char *in_dir(const fixture *f, const char *name, char *buf, size_t 
 static void put(const fixture *f, const char *name, const char *text, mode_t mode)
 {
     char path[128];
-    in_dir(f, name, path, sizeof path);
-    unlink(path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    assert_int_equal(fchmod(fd, mode), 0);
-    close(fd);
+    test_write_file(in_dir(f, name, path, sizeof path), text, strlen(text), mode);
 }
 
 /* A new key in dir/name; its id in hex in id. */
@@ -78,8 +73,7 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/test_plan.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->dir, sizeof f->dir, "%s", test_dir_make());
     assert_int_equal(ss_crypto_init(), SS_OK);
     for (const char *const *s = (const char *const[]){ "a.lua", "b.lua", "c.lua", "sink.lua", NULL }; *s; s++)
         put(f, *s, "return function(s) return s end\n", 0644);
@@ -105,10 +99,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     ss_plan_cleanup(&f->plan);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    test_dir_remove();
     free(f);
     return 0;
 }
