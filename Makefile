@@ -1,8 +1,10 @@
 # SecureStreams: one binary, `securestreams`, and its tests.
 #   make demo       install dependencies, build, run the delayed-flights pipeline (encrypted)
 #   make check      install dependencies; every test on the normal build, then the unit
-#                   tests and the fast tier built with ASan and UBSan (build-asan); one
-#                   closing line "N passed, M failed" for both (what CI runs)
+#                   tests and the fast tier built with ASan and UBSan (build-asan), then
+#                   each fuzz target briefly; one closing line "N passed, M failed" for
+#                   all three (what CI runs)
+#   make fuzz       build the libFuzzer targets (build-fuzz), run each FUZZ_SECONDS
 #   make            build build/securestreams
 #   make test       build and run every test (unit, Lua and integration)
 #   make test-fast  build and run the fast tier: unit, Lua and the quick integration tests
@@ -35,7 +37,7 @@ LIBSS    = $(BUILD)/libsecurestreams.a
 TEST_OBJS = $(filter-out $(BUILD)/src/main.o,$(CMD_OBJS)) $(LIBSS)
 TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all test test-fast unit asan install clean deps demo check bench sgx
+.PHONY: all test test-fast unit asan install clean deps demo check bench sgx fuzz fuzz-build
 ROWS     ?= 1000000
 SECURITY ?= enclave
 WORKERS  ?= 2
@@ -98,6 +100,26 @@ asan:
 	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
 	tests/run.sh --sanitized $(SAN_BUILD)
 
+# Fuzzing with libFuzzer (clang): each fuzz/fuzz_*.c feeds untrusted bytes to
+# one parser of the library, built with coverage and both sanitizers in
+# build-fuzz. `make fuzz` runs every target FUZZ_SECONDS from its corpus
+# (fuzz/corpus/NAME) and replays fuzz/regressions/NAME (scripts/fuzz).
+FUZZ_BUILD   = build-fuzz
+FUZZ_CC      = clang-14
+FUZZ_CFLAGS  = -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = $(patsubst fuzz/%.c,$(FUZZ_BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.c fuzz/fuzz.h $(LIBSS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -Ifuzz -fsanitize=fuzzer -o $@ $< fuzz/fuzz.c $(LIBSS) $(LIBS)
+
+fuzz-build: deps
+	$(MAKE) $(CHECK_JOBS) BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) CFLAGS="$(FUZZ_CFLAGS)" $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	scripts/fuzz $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
 install: $(BUILD)/securestreams
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(BUILD)/securestreams $(DESTDIR)$(PREFIX)/bin/securestreams
@@ -113,15 +135,20 @@ bench: all
 	scripts/bench $(ROWS) 1
 	scripts/bench $(ROWS) $(WORKERS)
 
-# Both runs append their counts to one file and close with a subtotal; the
-# last line adds them up (a run that reported nothing counts as a failure).
+# The three runs (every test, the fast tier under the sanitizers, each fuzz
+# target for CHECK_FUZZ_SECONDS) append their counts to one file and close
+# with a subtotal; the last line adds them up (a run that reported nothing
+# counts as a failure).
+CHECK_FUZZ_SECONDS = 8
 check: deps
 	@rm -f $(BUILD)/check.counts
 	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan
 	-tests/run.sh --counts $(BUILD)/check.counts $(BUILD)
 	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
 	-tests/run.sh --tier fast --sanitized --counts $(BUILD)/check.counts $(SAN_BUILD)
-	@awk '{ p += $$1; f += $$2 } END { if (NR != 2) f++; printf "%d passed, %d failed\n", p, f; exit f > 0 }' \
+	$(MAKE) fuzz-build
+	-scripts/fuzz $(FUZZ_BUILD) $(CHECK_FUZZ_SECONDS) --counts $(BUILD)/check.counts
+	@awk '{ p += $$1; f += $$2 } END { if (NR != 3) f++; printf "%d passed, %d failed\n", p, f; exit f > 0 }' \
 	    $(BUILD)/check.counts
 
 demo: deps
