@@ -301,6 +301,20 @@ static void receipts_advance_in_flight(void **state)
     zmq_ctx_term(zctx);
 }
 
+/* Read what came (ss_consumer_tick); true once c holds two deliveries. */
+static int ticked_buffers_two(void *c)
+{
+    ss_consumer_tick(c);
+    return ss_consumer_buffered(c) == 2;
+}
+
+/* Read what came; true once c holds three deliveries (window + 1). */
+static int ticked_buffers_three(void *c)
+{
+    ss_consumer_tick(c);
+    return ss_consumer_buffered(c) == 3;
+}
+
 /* A consumer is delivered at most `window` batches it was not yet handed:
  * an idle consumer holds two of ten, a second consumer gets the other
  * eight. */
@@ -315,8 +329,8 @@ static void consumer_credit_bounds_deliveries(void **state)
     for (uint64_t i = 0; i < 10; i++)
         assert_int_equal(publish(p, prod, i, STREAM, NULL), SS_OK);
     assert_int_equal(ss_producer_drain(p, 10000), SS_OK);
-    usleep(300 * 1000);   /* time for the router to deliver all it may to `idle` */
-    ss_consumer_tick(idle);
+    /* the router delivers all it may to `idle`: its window of two */
+    test_wait_for(10000, ticked_buffers_two, idle, "the idle consumer to buffer its window");
 
     ss_consumer_t *busy = consumer_new(zctx, &rr, "busy", 16);
     int got_busy = 0;
@@ -632,7 +646,8 @@ static void join_waits_for_welcome(void **state)
         assert_int_equal(nextra, 1);
         assert_string_equal(extra, "joiner");
 
-        /* Without WELCOME the constructor does not return. */
+        /* Without WELCOME the constructor does not return: that it is still
+         * waiting after a while is what is checked, so a sleep. */
         usleep(300 * 1000);
         assert_false(j.done);
         raw_send(s, rid, SS_LINK_WELCOME, 0, 0xbeef, 0);
@@ -649,7 +664,7 @@ static void join_waits_for_welcome(void **state)
              * the fourth is dropped... */
             for (uint64_t tag = 1; tag <= 4; tag++)
                 raw_deliver(s, rid, tag);
-            usleep(500 * 1000);   /* all four wait in the consumer's socket */
+            test_wait_for(5000, ticked_buffers_three, j.c, "the consumer to buffer three deliveries");
             ss_delivery_t d;
             for (uint64_t tag = 1; tag <= 3; tag++) {
                 assert_int_equal(ss_consumer_recv(j.c, 3000, &d), SS_OK);

@@ -790,6 +790,11 @@ void ss_consumer_tick(ss_consumer_t *c)
         peer_upkeep(&c->p, 0);
 }
 
+unsigned ss_consumer_buffered(const ss_consumer_t *c)
+{
+    return c->count;
+}
+
 void ss_consumer_set_tick(ss_consumer_t *c, void (*tick)(void *), void *arg)
 {
     c->p.tick = tick;

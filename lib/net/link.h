@@ -129,6 +129,10 @@ ss_err ss_consumer_ack(ss_consumer_t *c, uint64_t tag);
  * hook of ss_consumer_set_tick. */
 void ss_consumer_tick(ss_consumer_t *c);
 
+/* Deliveries received and buffered, not yet handed out by recv (at most
+ * the window): what ss_consumer_tick has read ahead. */
+unsigned ss_consumer_buffered(const ss_consumer_t *c);
+
 /* Hook run about every heartbeat interval while recv blocks (to keep another
  * link alive, e.g. ss_producer_service of the same worker). */
 void ss_consumer_set_tick(ss_consumer_t *c, void (*tick)(void *), void *arg);
