@@ -154,10 +154,11 @@ static void log_stats(const ss_router_t *r, const ss_router_opts *o)
 {
     ss_router_stats st;
     ss_router_get_stats(r, &st);
-    char auth[64] = "";
+    char auth[160] = "";
     if (o->curve_key)
-        snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu",
-                 (unsigned long long)st.auth_refused);
+        snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu, impostors %llu, "
+                 "role refusals %llu", (unsigned long long)st.auth_refused,
+                 (unsigned long long)st.impostors, (unsigned long long)st.role_refused);
     ss_log_info("batches in %llu, out %llu, duplicates %llu, redelivered %llu, refused %llu, "
                 "peak held %llu bytes%s", (unsigned long long)st.batches_in,
                 (unsigned long long)st.batches_out, (unsigned long long)st.duplicates,

@@ -522,7 +522,8 @@ static void unknown_and_plain_clients_are_refused(void **state)
     assert_int_equal(ss_producer_new(rr.zctx, mute_addr, &wo, NULL, NULL, &sp, err, sizeof err),
                      SS_ERR_TIMEOUT);
     snprintf(expect, sizeof expect, "no router answered at %s within 0.4 s (with CurveZMQ: is "
-             "this client's key in the router's allow-list?)", mute_addr);
+             "this client's key in the router's allow-list, with a role that may join as a "
+             "producer?)", mute_addr);
     ASSERT_STR_EQ(err, expect);
     zmq_close(mute);
 

@@ -292,14 +292,71 @@ ss_err ss_curve_server_setup(void *sock, const char *sec, char *err, size_t errl
 
 /* ---- the allow-list ---- */
 
+typedef struct {
+    uint8_t key[32];
+    unsigned roles;          /* SS_CURVE_ROLE_* bits; 0: any */
+} allow_entry;
+
 struct ss_curve_allow {
-    uint8_t (*key)[32];      /* sorted, unique */
+    allow_entry *e;          /* sorted by key, unique */
     size_t n, cap;
     char path[PATH_MAX];
 };
 
-static ss_err allow_add(ss_curve_allow_t *a, const char *z85, const char *where, char *err,
-                        size_t errlen)
+static const struct {
+    const char *name;
+    unsigned bit;
+} role_names[] = {
+    { "source", SS_CURVE_ROLE_SOURCE },   { "worker", SS_CURVE_ROLE_WORKER },
+    { "sink", SS_CURVE_ROLE_SINK },       { "produce", SS_CURVE_ROLE_PRODUCE },
+    { "consume", SS_CURVE_ROLE_CONSUME },
+};
+#define NROLES (sizeof role_names / sizeof role_names[0])
+#define ROLE_LIST "source, worker, sink, produce, consume"
+
+int ss_curve_role_parse(const char *word, size_t len, unsigned *bit)
+{
+    for (size_t i = 0; i < NROLES; i++)
+        if (strlen(role_names[i].name) == len && memcmp(role_names[i].name, word, len) == 0) {
+            *bit = role_names[i].bit;
+            return 1;
+        }
+    return 0;
+}
+
+const char *ss_curve_roles_str(unsigned roles, char *buf, size_t len)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    if (roles == 0)
+        snprintf(buf, len, "any");
+    for (size_t i = 0; i < NROLES && o < len; i++)
+        if (roles & role_names[i].bit)
+            o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? "," : "", role_names[i].name);
+    return buf;
+}
+
+int ss_curve_roles_may_produce(unsigned roles)
+{
+    return roles == 0
+        || (roles & (SS_CURVE_ROLE_SOURCE | SS_CURVE_ROLE_WORKER | SS_CURVE_ROLE_PRODUCE));
+}
+
+int ss_curve_roles_may_consume(unsigned roles)
+{
+    return roles == 0
+        || (roles & (SS_CURVE_ROLE_WORKER | SS_CURVE_ROLE_SINK | SS_CURVE_ROLE_CONSUME));
+}
+
+int ss_curve_roles_may_publish(unsigned roles, int only_self, int names_self)
+{
+    return roles == 0 || (roles & SS_CURVE_ROLE_PRODUCE)
+        || ((roles & SS_CURVE_ROLE_SOURCE) && only_self)
+        || ((roles & SS_CURVE_ROLE_WORKER) && !names_self);
+}
+
+static ss_err allow_add(ss_curve_allow_t *a, const char *z85, unsigned roles, const char *where,
+                        char *err, size_t errlen)
 {
     if (a->n == a->cap) {
         if (a->cap >= SS_CURVE_ALLOW_MAX) {
@@ -308,25 +365,48 @@ static ss_err allow_add(ss_curve_allow_t *a, const char *z85, const char *where,
             return SS_ERR_TOOBIG;
         }
         size_t cap = a->cap ? 2 * a->cap : 16;
-        uint8_t (*k)[32] = realloc(a->key, cap * sizeof *k);
-        if (!k) {
+        allow_entry *e = realloc(a->e, cap * sizeof *e);
+        if (!e) {
             snprintf(err, errlen, "out of memory loading the allow-list %s", a->path);
             return SS_ERR_NOMEM;
         }
-        a->key = k;
+        a->e = e;
         a->cap = cap;
     }
-    if (!zmq_z85_decode(a->key[a->n], z85)) {
+    if (!zmq_z85_decode(a->e[a->n].key, z85)) {
         snprintf(err, errlen, "%s: not a Z85 key", where);
         return SS_ERR_FORMAT;
     }
+    a->e[a->n].roles = roles;
     a->n++;
     return SS_OK;
 }
 
+/* Compares the keys of two entries, or a bare key (bsearch) with an entry. */
 static int key_cmp(const void *x, const void *y)
 {
     return memcmp(x, y, 32);
+}
+
+/* The roles after a key or path on a list's line: blank-separated names. */
+static ss_err parse_roles(char *s, unsigned *roles, const char *where, char *err, size_t errlen)
+{
+    *roles = 0;
+    for (;;) {
+        while (*s == ' ' || *s == '\t')
+            s++;
+        if (!*s)
+            return SS_OK;
+        size_t n = strcspn(s, " \t");
+        unsigned bit;
+        if (!ss_curve_role_parse(s, n, &bit)) {
+            snprintf(err, errlen, "%s: unknown role '%.*s' (the roles are " ROLE_LIST
+                     "; a path may not contain blanks)", where, (int)(n > 64 ? 64 : n), s);
+            return SS_ERR_FORMAT;
+        }
+        *roles |= bit;
+        s += n;
+    }
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -335,14 +415,18 @@ static int ends_with(const char *s, const char *suffix)
     return n > k && strcmp(s + n - k, suffix) == 0;
 }
 
-static ss_err allow_add_file(ss_curve_allow_t *a, const char *file, char *err, size_t errlen)
+static ss_err allow_add_file(ss_curve_allow_t *a, const char *file, unsigned roles, char *err,
+                             size_t errlen)
 {
     char pub[SS_Z85_KEY];
     ss_err rc = ss_curve_load_public(file, pub, err, errlen);
-    return rc == SS_OK ? allow_add(a, pub, file, err, errlen) : rc;
+    return rc == SS_OK ? allow_add(a, pub, roles, file, err, errlen) : rc;
 }
 
-static ss_err allow_load_dir(ss_curve_allow_t *a, const char *dir, char *err, size_t errlen)
+/* The *.pub files of `dir`, with `roles`; with `subdirs`, also those of its
+ * subdirectories named after a role, with that role. */
+static ss_err allow_load_dir(ss_curve_allow_t *a, const char *dir, unsigned roles, int subdirs,
+                             char *err, size_t errlen)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -353,7 +437,10 @@ static ss_err allow_load_dir(ss_curve_allow_t *a, const char *dir, char *err, si
     ss_err rc = SS_OK;
     struct dirent *e;
     while (rc == SS_OK && (e = readdir(d)) != NULL) {
-        if (!ends_with(e->d_name, ".pub"))
+        unsigned bit = 0;
+        int is_pub = ends_with(e->d_name, ".pub");
+        int is_role = subdirs && ss_curve_role_parse(e->d_name, strlen(e->d_name), &bit);
+        if (!is_pub && !is_role)
             continue;
         char file[PATH_MAX];
         struct stat st;
@@ -362,9 +449,12 @@ static ss_err allow_load_dir(ss_curve_allow_t *a, const char *dir, char *err, si
             rc = SS_ERR_USAGE;
             break;
         }
-        if (stat(file, &st) != 0 || !S_ISREG(st.st_mode))
+        if (stat(file, &st) != 0)
             continue;
-        rc = allow_add_file(a, file, err, errlen);
+        if (is_role && S_ISDIR(st.st_mode))
+            rc = allow_load_dir(a, file, bit, 0, err, errlen);
+        else if (is_pub && S_ISREG(st.st_mode))
+            rc = allow_add_file(a, file, roles, err, errlen);
     }
     closedir(d);
     return rc;
@@ -388,14 +478,25 @@ static ss_err allow_load_list(ss_curve_allow_t *a, const char *path, char *text,
             line++;
         char where[PATH_MAX + 32];
         snprintf(where, sizeof where, "%s line %d", path, lineno);
-        if (ss_curve_key_valid(line)) {
-            ss_err rc = allow_add(a, line, where, err, errlen);
+        /* KEY-or-PATH [ROLE...]: no blank is a Z85 character */
+        char *rest = line + strcspn(line, " \t");
+        char sep = *rest;
+        *rest = '\0';
+        int is_key = ss_curve_key_valid(line);
+        *rest = sep;
+        if (!is_key && (!*line || *line == '#'))
+            continue;
+        unsigned roles;
+        ss_err rc = parse_roles(rest, &roles, where, err, errlen);
+        if (rc != SS_OK)
+            return rc;
+        *rest = '\0';
+        if (is_key) {
+            rc = allow_add(a, line, roles, where, err, errlen);
             if (rc != SS_OK)
                 return rc;
             continue;
         }
-        if (!*line || *line == '#')
-            continue;
         char file[PATH_MAX];
         if ((size_t)snprintf(file, sizeof file, "%s%s%s", *line == '/' ? "" : dir,
                              *line == '/' ? "" : "/", line) >= sizeof file) {
@@ -403,7 +504,7 @@ static ss_err allow_load_list(ss_curve_allow_t *a, const char *path, char *text,
             return SS_ERR_USAGE;
         }
         char sub[PATH_MAX + 64];
-        ss_err rc = allow_add_file(a, file, sub, sizeof sub);
+        rc = allow_add_file(a, file, roles, sub, sizeof sub);
         if (rc != SS_OK) {
             snprintf(err, errlen, "%s: %s", where, sub);
             return rc;
@@ -430,11 +531,11 @@ ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, 
         snprintf(err, errlen, "cannot read the allow-list %s: %s", path, strerror(en));
         rc = SS_ERR_IO;
     } else if (S_ISDIR(st.st_mode)) {
-        rc = allow_load_dir(a, path, err, errlen);
+        rc = allow_load_dir(a, path, 0, 1, err, errlen);
     } else if ((rc = ss_file_read(path, LIST_MAX, 0, &text, &len, NULL, err, errlen)) == SS_OK) {
         if (strncmp(text, PUBLIC_HEADER "\n", sizeof PUBLIC_HEADER) == 0
             || strncmp(text, PUBLIC_HEADER "\r", sizeof PUBLIC_HEADER) == 0) {
-            rc = allow_add_file(a, path, err, errlen);
+            rc = allow_add_file(a, path, 0, err, errlen);
         } else if (strncmp(text, SECRET_HEADER, sizeof SECRET_HEADER - 1) == 0) {
             snprintf(err, errlen, "%s: a secret key file; the allow-list takes public keys "
                      "(.pub files)", path);
@@ -453,11 +554,18 @@ ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, 
         ss_curve_allow_destroy(&a);
         return rc;
     }
-    qsort(a->key, a->n, sizeof *a->key, key_cmp);
+    /* One entry per key; a key listed more than once has every role it was
+     * given, and any role when one of its entries has none. */
+    qsort(a->e, a->n, sizeof *a->e, key_cmp);
     size_t u = 0;
-    for (size_t i = 0; i < a->n; i++)
-        if (u == 0 || memcmp(a->key[u - 1], a->key[i], 32) != 0)
-            memcpy(a->key[u++], a->key[i], 32);
+    for (size_t i = 0; i < a->n; i++) {
+        if (u > 0 && memcmp(a->e[u - 1].key, a->e[i].key, 32) == 0) {
+            allow_entry *k = &a->e[u - 1];
+            k->roles = (k->roles && a->e[i].roles) ? k->roles | a->e[i].roles : 0;
+            continue;
+        }
+        a->e[u++] = a->e[i];
+    }
     a->n = u;
     *out = a;
     return SS_OK;
@@ -465,7 +573,15 @@ ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, 
 
 int ss_curve_allow_has(const ss_curve_allow_t *a, const uint8_t key[32])
 {
-    return bsearch(key, a->key, a->n, sizeof *a->key, key_cmp) != NULL;
+    return bsearch(key, a->e, a->n, sizeof *a->e, key_cmp) != NULL;
+}
+
+int ss_curve_allow_roles(const ss_curve_allow_t *a, const uint8_t key[32], unsigned *roles)
+{
+    const allow_entry *e = bsearch(key, a->e, a->n, sizeof *a->e, key_cmp);
+    if (e && roles)
+        *roles = e->roles;
+    return e != NULL;
 }
 
 size_t ss_curve_allow_count(const ss_curve_allow_t *a)
@@ -482,7 +598,7 @@ void ss_curve_allow_destroy(ss_curve_allow_t **ap)
 {
     if (!ap || !*ap)
         return;
-    free((*ap)->key);
+    free((*ap)->e);
     free(*ap);
     *ap = NULL;
 }
@@ -673,6 +789,11 @@ uint64_t ss_curve_zap_refused(const ss_curve_zap_t *z)
 size_t ss_curve_zap_allowed(const ss_curve_zap_t *z)
 {
     return ss_curve_allow_count(z->allow);
+}
+
+const ss_curve_allow_t *ss_curve_zap_allow(const ss_curve_zap_t *z)
+{
+    return z->allow;
 }
 
 void ss_curve_zap_destroy(ss_curve_zap_t **zp)

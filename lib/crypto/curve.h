@@ -63,14 +63,42 @@ ss_err ss_curve_server_setup(void *sock, const char *sec, char *err, size_t errl
  *    as Z85 is a key, an empty line or one starting with '#' otherwise is
  *    ignored, any other line is the path of a .pub file (relative paths are
  *    taken from the list's directory).
- * A list naming no key is an error, as is any entry that does not load. */
+ * A list naming no key is an error, as is any entry that does not load.
+ *
+ * Roles (docs/curve.md, "Roles"): an entry of a list may be followed by
+ * blank-separated role names; in a directory, the *.pub files of its
+ * subdirectories source/, worker/, sink/, produce/ and consume/ have that
+ * role. A key with no role may do anything; a key listed more than once has
+ * the union of its entries' roles. An unknown role name is an error naming
+ * the list's file and line. */
 typedef struct ss_curve_allow ss_curve_allow_t;
+
+#define SS_CURVE_ROLE_SOURCE 0x01   /* join as a producer; publish only its own batches */
+#define SS_CURVE_ROLE_WORKER 0x02   /* join either side; never publish a lineage naming itself */
+#define SS_CURVE_ROLE_SINK 0x04     /* join as a consumer */
+#define SS_CURVE_ROLE_PRODUCE 0x08  /* join as a producer, publish anything */
+#define SS_CURVE_ROLE_CONSUME 0x10  /* join as a consumer */
+
+/* 1 and the role's bit in *bit when the `len` bytes at `word` name a role. */
+int ss_curve_role_parse(const char *word, size_t len, unsigned *bit);
+/* The roles as "source,sink" ("any" for 0) in buf; returns buf. */
+const char *ss_curve_roles_str(unsigned roles, char *buf, size_t len);
+/* What a key with `roles` may do: join as a producer, as a consumer, and
+ * publish a DATA batch. A batch's lineage is `only_self` when it is exactly
+ * one entry naming the publisher's own peer id, `names_self` when any entry
+ * does. No role or `produce`: any batch; `source`: only_self; `worker`: not
+ * names_self. A key with several roles may do what any of them allows. */
+int ss_curve_roles_may_produce(unsigned roles);
+int ss_curve_roles_may_consume(unsigned roles);
+int ss_curve_roles_may_publish(unsigned roles, int only_self, int names_self);
 
 #define SS_CURVE_ALLOW_MAX 65536   /* keys in one allow-list */
 
 ss_err ss_curve_allow_load(const char *path, ss_curve_allow_t **out, char *err, size_t errlen);
 /* 1 when the 32-byte binary key is allowed. */
 int ss_curve_allow_has(const ss_curve_allow_t *a, const uint8_t key[32]);
+/* 1 when the key is allowed, with its roles in *roles (may be NULL); 0 when not. */
+int ss_curve_allow_roles(const ss_curve_allow_t *a, const uint8_t key[32], unsigned *roles);
 size_t ss_curve_allow_count(const ss_curve_allow_t *a);
 const char *ss_curve_allow_path(const ss_curve_allow_t *a);
 /* Accepts NULL; sets *a to NULL. */
@@ -95,6 +123,7 @@ ss_err ss_curve_zap_serve(ss_curve_zap_t *z);
 uint64_t ss_curve_zap_accepted(const ss_curve_zap_t *z);
 uint64_t ss_curve_zap_refused(const ss_curve_zap_t *z);
 size_t ss_curve_zap_allowed(const ss_curve_zap_t *z);   /* keys in the allow-list */
+const ss_curve_allow_t *ss_curve_zap_allow(const ss_curve_zap_t *z);   /* the allow-list */
 /* Close the socket after the CURVE sockets it serves. Accepts NULL; sets *z to NULL. */
 void ss_curve_zap_destroy(ss_curve_zap_t **z);
 

@@ -28,6 +28,7 @@
 #include "crypto/curve.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +134,20 @@ static void drain_frames(peer *p, zmq_msg_t *last)
     }
 }
 
+/* The routing id (wire/frame.h): 'S' and the peer id; with CurveZMQ also
+ * this client's public key, which the router checks against the key of the
+ * session, and random bytes that only this link and the router know, so
+ * that no other client can name the connection to take it over. */
+static size_t routing_id(const peer *p, uint8_t rid[SS_ROUTING_ID_CURVE_SIZE])
+{
+    rid[0] = SS_ROUTING_ID_PREFIX;
+    ss_put_u64(rid + 1, p->id);
+    if (!p->curve || !zmq_z85_decode(rid + SS_ROUTING_ID_SIZE, p->curve_pub))
+        return SS_ROUTING_ID_SIZE;
+    randombytes_buf(rid + SS_ROUTING_ID_SIZE + SS_ROUTING_ID_KEY, SS_ROUTING_ID_NONCE);
+    return SS_ROUTING_ID_CURVE_SIZE;
+}
+
 static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opts *o,
                         const char *role, char *err, size_t errlen)
 {
@@ -171,13 +186,9 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
         snprintf(err, errlen, "cannot create a socket for %s: %s", addr, zmq_strerror(errno));
         return SS_ERR_IO;
     }
-    uint8_t rid[SS_ROUTING_ID_SIZE];
-    rid[0] = SS_ROUTING_ID_PREFIX;
-    ss_put_u64(rid + 1, p->id);
     int64_t maxmsg = SS_MAX_MESSAGE;
     int hwm = LINK_HWM, linger = LINK_LINGER_MS;
-    if (zmq_setsockopt(p->sock, ZMQ_ROUTING_ID, rid, sizeof rid) != 0
-        || zmq_setsockopt(p->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0
+    if (zmq_setsockopt(p->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0
         || zmq_setsockopt(p->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0
         || zmq_setsockopt(p->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0
         || zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger) != 0) {
@@ -197,6 +208,14 @@ static ss_err peer_open(peer *p, void *zctx, const char *addr, const ss_link_opt
             snprintf(err, errlen, "CurveZMQ on the link to %s: %s", addr, why);
             return rc;
         }
+    }
+    uint8_t rid[SS_ROUTING_ID_CURVE_SIZE];
+    size_t ridlen = routing_id(p, rid);
+    int set = zmq_setsockopt(p->sock, ZMQ_ROUTING_ID, rid, ridlen);
+    sodium_memzero(rid, sizeof rid);
+    if (set != 0) {
+        snprintf(err, errlen, "cannot set the routing id for %s: %s", addr, zmq_strerror(errno));
+        return SS_ERR_IO;
     }
     /* Diagnosis only: without a monitor a refusal shows as a join timeout. */
     char ignored[128];
@@ -318,8 +337,9 @@ static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
     }
     if (p->curve)
         snprintf(err, errlen, "no router answered at %s within %g s (with CurveZMQ: is this "
-                 "client's key in the router's allow-list?)", p->addr,
-                 p->join_timeout_ms / 1000.0);
+                 "client's key in the router's allow-list, with a role that may join as a %s?)",
+                 p->addr, p->join_timeout_ms / 1000.0,
+                 role == SS_ROLE_PRODUCER ? "producer" : "consumer");
     else
         snprintf(err, errlen, "no router answered at %s within %g s", p->addr,
                  p->join_timeout_ms / 1000.0);

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <sodium.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,17 @@
 /* A refused client reconnects every 100 ms: one line per kind of failure
  * and side at most this often, with the count of those not logged. */
 #define HS_LOG_EVERY_MS 10000
+/* Identities under CurveZMQ: lines logged about impostors and role
+ * refusals (one per key among the last ID_RECENT keys), and peer ids bound
+ * to the first key that joined with them. */
+#define ID_LOG_LIMIT 100
+#define ID_RECENT 64
+#define ID_BIND_MAX 65536
+
+typedef struct {
+    uint64_t peer;
+    uint8_t key[32];
+} id_binding;
 
 struct ss_router {
     void *sock[2];                       /* SS_SIDE_FRONTEND, SS_SIDE_BACKEND */
@@ -52,6 +64,12 @@ struct ss_router {
         int64_t at;                      /* last line logged (0: none yet) */
         uint64_t quiet;                  /* failures since, not logged */
     } hs_log[2][3];                      /* per side: mismatch, decryption, other */
+    uint64_t impostors, role_refused;    /* CurveZMQ: messages dropped (ss_router_stats) */
+    uint64_t id_nlog;                    /* log limiter of both */
+    uint8_t id_recent[ID_RECENT][32];    /* keys already named in the log */
+    size_t id_nrecent, id_next;
+    id_binding *bind;                    /* sorted by peer id */
+    size_t nbind, capbind;
 };
 
 void ss_router_opts_init(ss_router_opts *o)
@@ -91,6 +109,196 @@ static int sock_send(void *arg, int side, const uint8_t *ident, size_t idlen,
     return 0;
 }
 
+/* ---- identities under CurveZMQ (docs/curve.md, "Identities", "Roles") ---- */
+
+/* Log a line about the client with `key` the first time among the recent
+ * keys (and at most ID_LOG_LIMIT lines in all). */
+static void id_log(ss_router_t *r, const uint8_t key[32], const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void id_log(ss_router_t *r, const uint8_t key[32], const char *fmt, ...)
+{
+    for (size_t i = 0; i < r->id_nrecent; i++)
+        if (memcmp(r->id_recent[i], key, 32) == 0)
+            return;
+    memcpy(r->id_recent[r->id_next], key, 32);
+    r->id_next = (r->id_next + 1) % ID_RECENT;
+    if (r->id_nrecent < ID_RECENT)
+        r->id_nrecent++;
+    char line[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ss_log_limited(&r->id_nlog, ID_LOG_LIMIT, "%s", line);
+}
+
+static int bind_cmp(const void *x, const void *y)
+{
+    uint64_t a = ((const id_binding *)x)->peer, b = ((const id_binding *)y)->peer;
+    return a < b ? -1 : a > b;
+}
+
+/* Bind `peer` to `key` on its first JOIN. 1 when it is (or now is) bound
+ * to that key; 0 when another key holds it (*other receives that key) or
+ * the table is full (*other is left alone). */
+static int id_bind(ss_router_t *r, uint64_t peer, const uint8_t key[32], uint8_t other[32],
+                   int *full)
+{
+    id_binding probe = { .peer = peer };
+    id_binding *b = bsearch(&probe, r->bind, r->nbind, sizeof *b, bind_cmp);
+    *full = 0;
+    if (b) {
+        if (memcmp(b->key, key, 32) == 0)
+            return 1;
+        memcpy(other, b->key, 32);
+        return 0;
+    }
+    if (r->nbind == r->capbind) {
+        size_t cap = r->capbind ? 2 * r->capbind : 64;
+        id_binding *nb = cap <= ID_BIND_MAX ? realloc(r->bind, cap * sizeof *nb) : NULL;
+        if (!nb) {
+            *full = 1;
+            return 0;
+        }
+        r->bind = nb;
+        r->capbind = cap;
+    }
+    size_t at = 0;
+    while (at < r->nbind && r->bind[at].peer < peer)   /* joins are rare: linear is enough */
+        at++;
+    memmove(&r->bind[at + 1], &r->bind[at], (r->nbind - at) * sizeof *r->bind);
+    r->bind[at].peer = peer;
+    memcpy(r->bind[at].key, key, 32);
+    r->nbind++;
+    return 1;
+}
+
+/* The lineage of a DATA PUBLISH, as the roles see it: 1 with *only_self
+ * and *names_self set; 0 when the message is not a well-formed DATA batch
+ * (then the state refuses or handles it: an EOS has no lineage to check). */
+static int publish_lineage(zmq_msg_t *frames, size_t n, uint64_t self, int *only_self,
+                           int *names_self)
+{
+    ss_header_t h;
+    size_t count;
+    if (n != 4
+        || ss_header_decode(zmq_msg_data(&frames[1]), zmq_msg_size(&frames[1]), &h) != SS_OK
+        || h.type != SS_MSG_DATA
+        || ss_lineage_check(zmq_msg_data(&frames[2]), zmq_msg_size(&frames[2]), &count) != SS_OK)
+        return 0;
+    const void *lin = zmq_msg_data(&frames[2]);
+    *names_self = 0;
+    for (size_t i = 0; i < count && !*names_self; i++)
+        *names_self = ss_lineage_get(lin, i).source == self;
+    *only_self = count == 1 && *names_self;
+    return 1;
+}
+
+/* Under CurveZMQ, before the state sees a message: the routing id must
+ * carry the key of the session it came on (the ZAP handler's user id, on
+ * every frame); a JOIN must name the routing id's peer id, a peer id no
+ * other key joined with, and a side the key's roles allow; a PUBLISH of a
+ * source or worker key must have a lineage its roles allow. 1 to pass the
+ * message on; 0 when it was dropped here (logged, counted). */
+static int curve_admit(ss_router_t *r, int side, size_t n)
+{
+    const uint8_t *rid = zmq_msg_data(&r->in[0]);
+    size_t ridlen = zmq_msg_size(&r->in[0]);
+    const char *user = n ? zmq_msg_gets(&r->in[1], "User-Id") : NULL;
+    const char *addr = n ? zmq_msg_gets(&r->in[1], "Peer-Address") : NULL;
+    const char *where = side == SS_SIDE_FRONTEND ? "frontend" : "backend";
+    uint8_t key[32];
+    if (!addr)
+        addr = "an unknown address";
+    if (!user || !ss_curve_key_valid(user) || !zmq_z85_decode(key, user)) {
+        r->impostors++;   /* not a session the ZAP handler admitted: cannot happen */
+        ss_log_limited(&r->id_nlog, ID_LOG_LIMIT, "dropped a message on the %s from %s: no "
+                       "CurveZMQ user id", where, addr);
+        return 0;
+    }
+    int own = ridlen == SS_ROUTING_ID_CURVE_SIZE && rid[0] == SS_ROUTING_ID_PREFIX
+              && memcmp(rid + SS_ROUTING_ID_SIZE, key, 32) == 0;
+    if (!own) {
+        char claimed[96], other[SS_Z85_KEY];
+        if (ridlen >= SS_ROUTING_ID_SIZE && rid[0] == SS_ROUTING_ID_PREFIX) {
+            int len = snprintf(claimed, sizeof claimed, "the routing id of peer %016llx",
+                               (unsigned long long)ss_get_u64(rid + 1));
+            if (ridlen == SS_ROUTING_ID_CURVE_SIZE) {
+                zmq_z85_encode(other, rid + SS_ROUTING_ID_SIZE, 32);
+                snprintf(claimed + len, sizeof claimed - (size_t)len, " of key %s", other);
+            } else {
+                snprintf(claimed + len, sizeof claimed - (size_t)len, " without its key");
+            }
+        } else {
+            snprintf(claimed, sizeof claimed, "a routing id of %zu bytes not in our format",
+                     ridlen);
+        }
+        r->impostors++;
+        id_log(r, key, "impostor: dropping every message on the %s from the CurveZMQ client "
+               "with public key %s at %s: it claims %s", where, user, addr, claimed);
+        return 0;
+    }
+    ss_link_t l;
+    if (ss_link_decode(zmq_msg_data(&r->in[1]), zmq_msg_size(&r->in[1]), &l) != SS_OK)
+        return 1;   /* the state refuses it */
+    uint64_t self = ss_get_u64(rid + 1);
+    unsigned roles = 0;
+    char rs[64];
+    ss_curve_allow_roles(ss_curve_zap_allow(r->zap), key, &roles);
+    if (l.kind == SS_LINK_JOIN) {
+        uint8_t other[32];
+        int full;
+        if (l.tag != self) {
+            r->impostors++;
+            id_log(r, key, "impostor: dropping a JOIN on the %s from the CurveZMQ client with "
+                   "public key %s at %s: it names peer id %016llx, its routing id %016llx",
+                   where, user, addr, (unsigned long long)l.tag, (unsigned long long)self);
+            return 0;
+        }
+        int want_producer = l.n == SS_ROLE_PRODUCER, want_consumer = l.n == SS_ROLE_CONSUMER;
+        if ((want_producer && !ss_curve_roles_may_produce(roles))
+            || (want_consumer && !ss_curve_roles_may_consume(roles))) {
+            r->role_refused++;
+            id_log(r, key, "refused a JOIN as %s on the %s from the CurveZMQ client with public "
+                   "key %s at %s (peer %016llx): its roles in the allow-list are %s",
+                   want_producer ? "producer" : "consumer", where, user, addr,
+                   (unsigned long long)self, ss_curve_roles_str(roles, rs, sizeof rs));
+            return 0;
+        }
+        if (!id_bind(r, self, key, other, &full)) {
+            char oz[SS_Z85_KEY];
+            r->impostors++;
+            if (full) {
+                ss_log_limited(&r->id_nlog, ID_LOG_LIMIT, "refused a JOIN from the CurveZMQ "
+                               "client with public key %s: %d peer ids joined already", user,
+                               ID_BIND_MAX);
+                return 0;
+            }
+            zmq_z85_encode(oz, other, 32);
+            id_log(r, key, "impostor: dropping a JOIN on the %s from the CurveZMQ client with "
+                   "public key %s at %s: peer id %016llx joined with key %s", where, user, addr,
+                   (unsigned long long)self, oz);
+            return 0;
+        }
+        return 1;
+    }
+    int only_self, names_self;
+    if (l.kind == SS_LINK_PUBLISH && side == SS_SIDE_FRONTEND
+        && !ss_curve_roles_may_publish(roles, 0, 1)
+        && publish_lineage(&r->in[1], n, self, &only_self, &names_self)
+        && !ss_curve_roles_may_publish(roles, only_self, names_self)) {
+        char why[256];
+        r->role_refused++;
+        snprintf(why, sizeof why, "its key %s has the roles %s, which may not publish a batch "
+                 "whose lineage %s", user, ss_curve_roles_str(roles, rs, sizeof rs),
+                 names_self ? (only_self ? "names itself" : "names itself and other batches")
+                            : "does not name itself");
+        ss_router_state_refuse_publish(r->st, side, rid, ridlen, l.tag, why, ss_now_ms());
+        return 0;
+    }
+    return 1;
+}
+
 /* Read one message from a side and hand it to the state. 1 when one was
  * read, 0 when none was pending, -1 on a socket error (errno set). */
 static int read_one(ss_router_t *r, int side)
@@ -111,6 +319,8 @@ static int read_one(ss_router_t *r, int side)
         if (n <= SS_ROUTER_MAX_PARTS)
             n++;
     }
+    if (r->zap && !curve_admit(r, side, n))
+        return 1;
     ss_router_state_input(r->st, side, zmq_msg_data(&r->in[0]), zmq_msg_size(&r->in[0]),
                           &r->in[1], n, ss_now_ms());
     return 1;
@@ -415,6 +625,8 @@ void ss_router_get_stats(const ss_router_t *r, ss_router_stats *s)
 {
     ss_router_state_stats(r->st, s);
     s->auth_refused = r->hs_refused + (r->zap ? ss_curve_zap_refused(r->zap) : 0);
+    s->impostors = r->impostors;
+    s->role_refused = r->role_refused;
 }
 
 void ss_router_destroy(ss_router_t **rp)
@@ -431,6 +643,7 @@ void ss_router_destroy(ss_router_t **rp)
     ss_curve_zap_destroy(&r->zap);   /* after the sockets it serves */
     for (size_t i = 0; i < sizeof r->in / sizeof r->in[0]; i++)
         zmq_msg_close(&r->in[i]);
+    free(r->bind);
     free(r);
     *rp = NULL;
 }

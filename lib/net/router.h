@@ -67,6 +67,10 @@ typedef struct {
     uint64_t refused;        /* messages not in our format, another stream, too big */
     uint64_t auth_refused;   /* CurveZMQ: handshakes refused (key not allowed, or
                                 the client does not speak CurveZMQ); 0 when plain */
+    uint64_t impostors;      /* CurveZMQ: messages dropped because their routing id
+                                is not one of the sender's key (docs/curve.md) */
+    uint64_t role_refused;   /* CurveZMQ: JOINs and PUBLISHes the key's roles do not
+                                allow (the PUBLISHes also count in refused) */
     uint64_t bytes_held, bytes_held_max;  /* queued plus unacknowledged, now and peak */
     unsigned producers, consumers;        /* live members */
 } ss_router_stats;

@@ -270,7 +270,9 @@ static const char *role_name(int side)
 
 static void ident_str(const uint8_t *ident, size_t len, char *out, size_t outlen)
 {
-    if (len == SS_ROUTING_ID_SIZE && ident[0] == SS_ROUTING_ID_PREFIX) {
+    /* (a CurveZMQ routing id's random part is never logged) */
+    if ((len == SS_ROUTING_ID_SIZE || len == SS_ROUTING_ID_CURVE_SIZE)
+        && ident[0] == SS_ROUTING_ID_PREFIX) {
         snprintf(out, outlen, "id %016llx", (unsigned long long)ss_get_u64(ident + 1));
         return;
     }
@@ -1027,6 +1029,20 @@ void ss_router_state_input(ss_router_state_t *s, int side, const void *ident, si
         refuse(s, side, ident, idlen, "a peer may not send kind %u", l.kind);
     }
 out:
+    settle(s);
+}
+
+void ss_router_state_refuse_publish(ss_router_state_t *s, int side, const void *ident,
+                                    size_t idlen, uint64_t pubseq, const char *why, int64_t now)
+{
+    s->now = now;
+    member *m = side == SS_SIDE_FRONTEND ? find_member(s, side, ident, idlen) : NULL;
+    if (m) {
+        m->heard = now;
+        refuse_batch(s, m, pubseq, "%s", why);
+    } else {
+        refuse(s, side, ident, idlen, "%s", why);
+    }
     settle(s);
 }
 

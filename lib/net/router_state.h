@@ -50,6 +50,13 @@ void ss_router_state_destroy(ss_router_state_t **s);
 void ss_router_state_input(ss_router_state_t *s, int side, const void *ident, size_t idlen,
                            zmq_msg_t *parts, size_t nparts, int64_t now);
 
+/* A PUBLISH from `ident` on `side` that the socket layer refuses before the
+ * state sees it (router.c: what a CurveZMQ key's roles do not allow): logged
+ * with `why`, counted in `refused`, and answered like any refused batch of a
+ * member (a RECEIPT of `pubseq` flagged REFUSED). */
+void ss_router_state_refuse_publish(ss_router_state_t *s, int side, const void *ident,
+                                    size_t idlen, uint64_t pubseq, const char *why, int64_t now);
+
 /* Timers: heartbeats due, members silent past the liveness timeout, listed
  * members that never joined. Call at least every heartbeat_ms / 2. */
 void ss_router_state_tick(ss_router_state_t *s, int64_t now);

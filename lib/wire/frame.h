@@ -38,9 +38,17 @@
 /* ---- routing id ----
  * The ZMQ_ROUTING_ID a link sets: the prefix byte 'S' then the 8-byte peer
  * id (little-endian). Routing ids starting with a zero byte are reserved by
- * libzmq, so the id alone could not be used. */
+ * libzmq, so the id alone could not be used. Under CurveZMQ the link's
+ * public key (32 bytes) and 16 random bytes drawn when the link opens
+ * follow: the router drops every message whose routing id does not carry
+ * its sender's key, and the random part, which travels only inside the
+ * CurveZMQ session, keeps another client from naming (and so taking over)
+ * the connection (docs/curve.md, "Identities"). */
 #define SS_ROUTING_ID_PREFIX 'S'
 #define SS_ROUTING_ID_SIZE 9
+#define SS_ROUTING_ID_KEY 32          /* CurveZMQ: the client's public key, after the peer id */
+#define SS_ROUTING_ID_NONCE 16        /* CurveZMQ: random, after the key */
+#define SS_ROUTING_ID_CURVE_SIZE (SS_ROUTING_ID_SIZE + SS_ROUTING_ID_KEY + SS_ROUTING_ID_NONCE)
 
 /* ---- link frame ---- */
 
