@@ -81,11 +81,17 @@ $(BUILD)/memscan: tools/memscan.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -o $@ $<
 
+# The attacker of tests/integration/t_curve_attack.sh: a CurveZMQ client
+# that claims any identity (built with the tools the tests use).
+$(BUILD)/impostor: tests/attack/impostor.c $(LIBSS)
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBSS) $(LIBS)
+
 unit: $(TESTS)
-test: all $(TESTS) $(BUILD)/memscan
+test: all $(TESTS) $(BUILD)/memscan $(BUILD)/impostor
 	tests/run.sh $(BUILD)
 
-test-fast: all $(TESTS) $(BUILD)/memscan
+test-fast: all $(TESTS) $(BUILD)/memscan $(BUILD)/impostor
 	tests/run.sh --tier fast $(BUILD)
 
 # The sanitizer build: its own directory, every object built with the flags.
@@ -97,7 +103,7 @@ SAN_CFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 CHECK_JOBS = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(shell nproc))
 
 asan:
-	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
+	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan $(SAN_BUILD)/impostor
 	tests/run.sh --sanitized $(SAN_BUILD)
 
 # Fuzzing with libFuzzer (clang): each fuzz/fuzz_*.c feeds untrusted bytes to
@@ -142,9 +148,9 @@ bench: all
 CHECK_FUZZ_SECONDS = 8
 check: deps
 	@rm -f $(BUILD)/check.counts
-	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan
+	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan $(BUILD)/impostor
 	-tests/run.sh --counts $(BUILD)/check.counts $(BUILD)
-	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
+	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan $(SAN_BUILD)/impostor
 	-tests/run.sh --tier fast --sanitized --counts $(BUILD)/check.counts $(SAN_BUILD)
 	$(MAKE) fuzz-build
 	-scripts/fuzz $(FUZZ_BUILD) $(CHECK_FUZZ_SECONDS) --counts $(BUILD)/check.counts
