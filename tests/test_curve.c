@@ -272,6 +272,103 @@ static void allow_list_forms(void **state)
     ASSERT_CONTAINS(err, path);
 }
 
+static unsigned roles_of(const ss_curve_allow_t *a, const char *z85)
+{
+    uint8_t bin[32];
+    unsigned roles = 0xdead;
+    assert_non_null(zmq_z85_decode(bin, z85));
+    assert_true(ss_curve_allow_roles(a, bin, &roles));
+    return roles;
+}
+
+/* Roles after a list's entries, and in a directory's role subdirectories;
+ * a key listed twice has both entries' roles; errors name file and line. */
+static void allow_list_roles(void **state)
+{
+    char a[SS_Z85_KEY], b[SS_Z85_KEY], c[SS_Z85_KEY], d[SS_Z85_KEY], err[1024], rs[64];
+    ss_curve_allow_t *al = NULL;
+    assert_int_equal(mkdir(test_path("dir"), 0700), 0);
+    assert_int_equal(mkdir(test_path("dir/sink"), 0700), 0);
+    assert_int_equal(mkdir(test_path("dir/worker"), 0700), 0);
+    assert_int_equal(mkdir(test_path("dir/other"), 0700), 0);
+    keygen_pub("dir/a", a);          /* top level: any role */
+    keygen_pub("dir/sink/b", b);
+    keygen_pub("dir/worker/c", c);
+    keygen_pub("dir/other/d", d);    /* not a role's name: not read */
+    const char *path = test_path("dir");
+    assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_OK);
+    assert_int_equal(ss_curve_allow_count(al), 3);
+    assert_int_equal(roles_of(al, a), 0);
+    assert_int_equal(roles_of(al, b), SS_CURVE_ROLE_SINK);
+    assert_int_equal(roles_of(al, c), SS_CURVE_ROLE_WORKER);
+    assert_false(allowed(al, d));
+    ss_curve_allow_destroy(&al);
+
+    /* A list: KEY-or-PATH then roles; blanks around them do not matter; a
+     * key given twice has the union, and any role once an entry has none. */
+    char list[2048];
+    snprintf(list, sizeof list,
+             "%s source\n"
+             "dir/sink/b.pub\tsink  consume \n"
+             "%s worker\n%s sink\n"
+             "# a comment with blanks\n"
+             "%s produce\n%s\n",
+             a, c, c, d, d);
+    path = test_path("roles.list");
+    test_write_text(path, list);
+    assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_OK);
+    assert_int_equal(ss_curve_allow_count(al), 4);
+    assert_int_equal(roles_of(al, a), SS_CURVE_ROLE_SOURCE);
+    assert_int_equal(roles_of(al, b), SS_CURVE_ROLE_SINK | SS_CURVE_ROLE_CONSUME);
+    assert_int_equal(roles_of(al, c), SS_CURVE_ROLE_WORKER | SS_CURVE_ROLE_SINK);
+    assert_int_equal(roles_of(al, d), 0);
+    ASSERT_STR_EQ(ss_curve_roles_str(roles_of(al, c), rs, sizeof rs), "worker,sink");
+    ASSERT_STR_EQ(ss_curve_roles_str(0, rs, sizeof rs), "any");
+    ss_curve_allow_destroy(&al);
+
+    /* An unknown role, after a key or a path: the file and line. */
+    path = test_path("typo.list");
+    snprintf(list, sizeof list, "%s source\n%s sinks\n", a, b);
+    test_write_text(path, list);
+    assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_FORMAT);
+    char expect[600];
+    snprintf(expect, sizeof expect, "%s line 2: unknown role 'sinks' (the roles are source, "
+             "worker, sink, produce, consume", path);
+    ASSERT_CONTAINS(err, expect);
+    assert_null(al);
+    path = test_path("path.list");
+    test_write_text(path, "\n\ndir/a.pub source wroker\n");
+    assert_int_equal(ss_curve_allow_load(path, &al, err, sizeof err), SS_ERR_FORMAT);
+    snprintf(expect, sizeof expect, "%s line 3: unknown role 'wroker'", path);
+    ASSERT_CONTAINS(err, expect);
+}
+
+/* What each role may do (docs/curve.md, "Roles"). */
+static void role_rules(void **state)
+{
+    static const struct {
+        unsigned roles;
+        int produce, consume;
+        int publish_own, publish_other, publish_mixed;   /* only_self; none; names self + others */
+    } t[] = {
+        { 0, 1, 1, 1, 1, 1 },
+        { SS_CURVE_ROLE_SOURCE, 1, 0, 1, 0, 0 },
+        { SS_CURVE_ROLE_WORKER, 1, 1, 0, 1, 0 },
+        { SS_CURVE_ROLE_SINK, 0, 1, 0, 0, 0 },
+        { SS_CURVE_ROLE_PRODUCE, 1, 0, 1, 1, 1 },
+        { SS_CURVE_ROLE_CONSUME, 0, 1, 0, 0, 0 },
+        { SS_CURVE_ROLE_SOURCE | SS_CURVE_ROLE_WORKER, 1, 1, 1, 1, 0 },
+        { SS_CURVE_ROLE_SOURCE | SS_CURVE_ROLE_SINK, 1, 1, 1, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        assert_int_equal(!!ss_curve_roles_may_produce(t[i].roles), t[i].produce);
+        assert_int_equal(!!ss_curve_roles_may_consume(t[i].roles), t[i].consume);
+        assert_int_equal(ss_curve_roles_may_publish(t[i].roles, 1, 1), t[i].publish_own);
+        assert_int_equal(ss_curve_roles_may_publish(t[i].roles, 0, 0), t[i].publish_other);
+        assert_int_equal(ss_curve_roles_may_publish(t[i].roles, 0, 1), t[i].publish_mixed);
+    }
+}
+
 static void link_opts_from_environment(void **state)
 {
     ss_link_opts o;
@@ -648,6 +745,8 @@ int main(void)
                                         test_dir_teardown),
         cmocka_unit_test_setup_teardown(malformed_key_files, setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(allow_list_forms, setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(allow_list_roles, setup, test_dir_teardown),
+        cmocka_unit_test(role_rules),
         cmocka_unit_test_setup_teardown(link_opts_from_environment, setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(allowed_clients_move_batches, setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(unknown_and_plain_clients_are_refused, setup,
