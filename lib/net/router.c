@@ -145,7 +145,7 @@ static int id_bind(ss_router_t *r, uint64_t peer, const uint8_t key[32], uint8_t
                    int *full)
 {
     id_binding probe = { .peer = peer };
-    id_binding *b = bsearch(&probe, r->bind, r->nbind, sizeof *b, bind_cmp);
+    id_binding *b = r->nbind ? bsearch(&probe, r->bind, r->nbind, sizeof *b, bind_cmp) : NULL;
     *full = 0;
     if (b) {
         if (memcmp(b->key, key, 32) == 0)
@@ -194,6 +194,13 @@ static int publish_lineage(zmq_msg_t *frames, size_t n, uint64_t self, int *only
     return 1;
 }
 
+/* The client's address, for a log line (libzmq's connection metadata). */
+static const char *peer_address(zmq_msg_t *m)
+{
+    const char *a = zmq_msg_gets(m, "Peer-Address");
+    return a ? a : "an unknown address";
+}
+
 /* Under CurveZMQ, before the state sees a message: the routing id must
  * carry the key of the session it came on (the ZAP handler's user id, on
  * every frame); a JOIN must name the routing id's peer id, a peer id no
@@ -205,15 +212,12 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
     const uint8_t *rid = zmq_msg_data(&r->in[0]);
     size_t ridlen = zmq_msg_size(&r->in[0]);
     const char *user = n ? zmq_msg_gets(&r->in[1], "User-Id") : NULL;
-    const char *addr = n ? zmq_msg_gets(&r->in[1], "Peer-Address") : NULL;
     const char *where = side == SS_SIDE_FRONTEND ? "frontend" : "backend";
     uint8_t key[32];
-    if (!addr)
-        addr = "an unknown address";
     if (!user || !ss_curve_key_valid(user) || !zmq_z85_decode(key, user)) {
         r->impostors++;   /* not a session the ZAP handler admitted: cannot happen */
         ss_log_limited(&r->id_nlog, ID_LOG_LIMIT, "dropped a message on the %s from %s: no "
-                       "CurveZMQ user id", where, addr);
+                       "CurveZMQ user id", where, peer_address(&r->in[1]));
         return 0;
     }
     int own = ridlen == SS_ROUTING_ID_CURVE_SIZE && rid[0] == SS_ROUTING_ID_PREFIX
@@ -235,7 +239,8 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
         }
         r->impostors++;
         id_log(r, key, "impostor: dropping every message on the %s from the CurveZMQ client "
-               "with public key %s at %s: it claims %s", where, user, addr, claimed);
+               "with public key %s at %s: it claims %s", where, user,
+               peer_address(&r->in[1]), claimed);
         return 0;
     }
     ss_link_t l;
@@ -252,7 +257,8 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
             r->impostors++;
             id_log(r, key, "impostor: dropping a JOIN on the %s from the CurveZMQ client with "
                    "public key %s at %s: it names peer id %016llx, its routing id %016llx",
-                   where, user, addr, (unsigned long long)l.tag, (unsigned long long)self);
+                   where, user, peer_address(&r->in[1]), (unsigned long long)l.tag,
+                   (unsigned long long)self);
             return 0;
         }
         int want_producer = l.n == SS_ROLE_PRODUCER, want_consumer = l.n == SS_ROLE_CONSUMER;
@@ -261,7 +267,7 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
             r->role_refused++;
             id_log(r, key, "refused a JOIN as %s on the %s from the CurveZMQ client with public "
                    "key %s at %s (peer %016llx): its roles in the allow-list are %s",
-                   want_producer ? "producer" : "consumer", where, user, addr,
+                   want_producer ? "producer" : "consumer", where, user, peer_address(&r->in[1]),
                    (unsigned long long)self, ss_curve_roles_str(roles, rs, sizeof rs));
             return 0;
         }
@@ -276,8 +282,8 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
             }
             zmq_z85_encode(oz, other, 32);
             id_log(r, key, "impostor: dropping a JOIN on the %s from the CurveZMQ client with "
-                   "public key %s at %s: peer id %016llx joined with key %s", where, user, addr,
-                   (unsigned long long)self, oz);
+                   "public key %s at %s: peer id %016llx joined with key %s", where, user,
+                   peer_address(&r->in[1]), (unsigned long long)self, oz);
             return 0;
         }
         return 1;
