@@ -235,6 +235,28 @@ static void in_eos(fx_t *f, uint64_t prod, uint64_t pubseq, const uint64_t *memb
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* ACK (flags: 0 or SS_LINK_REJECTED) every DELIVER of a batch sent to
+ * consumer c at index >= from. */
+static void ack_from(fx_t *f, uint64_t c, size_t from, uint16_t flags)
+{
+    size_t n = f->nout;   /* acknowledging may deliver more: not those */
+    for (size_t i = from; i < n; i++)
+        if (f->out[i].link.kind == SS_LINK_DELIVER && f->out[i].peer == c && f->out[i].has_stream
+            && f->out[i].hdr.type == SS_MSG_DATA)
+            in_link(f, SS_SIDE_BACKEND, c, SS_LINK_ACK, flags, 0, f->out[i].link.tag);
+}
+
+/* JOIN of producer `peer` declaring `window` in its flags. */
+static void in_join_window(fx_t *f, uint64_t peer, uint16_t window)
+{
+    ss_link_t l = { SS_LINK_JOIN, window, SS_ROLE_PRODUCER, peer };
+    uint8_t buf[SS_LINK_SIZE];
+    ss_link_encode(&l, buf);
+    const void *frames[] = { buf, "windowed" };
+    size_t lens[] = { sizeof buf, 8 };
+    input(f, SS_SIDE_FRONTEND, peer, frames, lens, 2);
+}
+
 static void tick(fx_t *f, int64_t advance)
 {
     f->now += advance;
@@ -516,6 +538,7 @@ static void dedup_single(void **state)
     C(C1);
     credit(f, C1, 10);
     pub1(f, P1, 0, 7, 0);
+    ack_from(f, C1, 0, 0);  /* accepted by a consumer: the claim on 7#0 is confirmed */
     pub1(f, P2, 0, 7, 0);   /* the same source batch, re-processed */
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P2), 1);
     assert_int_equal(nth_sent(f, 0, SS_LINK_RECEIPT, P2, 0)->link.flags, 0);
@@ -524,8 +547,11 @@ static void dedup_single(void **state)
     assert_int_equal(st.batches_in, 1);
     assert_int_equal(st.duplicates, 1);
     /* Many ids: the set grows and still remembers every one. */
+    credit(f, C1, 5000);
+    size_t mark = f->nout;
     for (uint64_t i = 1; i <= 5000; i++)
         pub1(f, P1, i, 8, i);
+    ack_from(f, C1, mark, 0);
     for (uint64_t i = 1; i <= 5000; i++)
         pub1(f, P2, i, 8, i);
     st = stats(f);
@@ -538,6 +564,7 @@ static void dedup_overlapping_lineage(void **state)
 {
     fx_t *f = fx_new(1 << 20);
     P(P1);
+    C(C1);
     static const struct {
         ss_lineage_id ids[2];
         size_t n;
@@ -554,7 +581,10 @@ static void dedup_overlapping_lineage(void **state)
     };
     uint64_t in = 0, dups = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t mark = f->nout;
         in_publish(f, P1, i, cases[i].ids, cases[i].n, 10);
+        credit(f, C1, 1);
+        ack_from(f, C1, mark, 0);   /* each accepted batch is confirmed before the next */
         in += !cases[i].dup;
         dups += cases[i].dup;
         ss_router_stats st = stats(f);
@@ -766,18 +796,24 @@ static void backpressure_withholds_receipts(void **state)
         id = (ss_lineage_id){ P1, i };
         in_publish(f, P1, i, &id, 1, 600);
     }
-    pub1(f, P1, 3, P1, 0);   /* a duplicate queues behind the withheld ones */
+    /* Overlapping a pending claim: parked (held), its receipt queues behind
+     * the withheld ones. */
+    pub1(f, P1, 3, P1, 0);
+    const uint64_t small = HDR + LIN + 100;
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);   /* 656 <= 1000; then over */
-    assert_int_equal(stats(f).bytes_held, 3 * one);
+    assert_int_equal(stats(f).bytes_held, 3 * one + small);
+    assert_int_equal(stats(f).parked, 1);
     credit(f, C1, 2);
     ack(f, C1, nth_sent(f, 0, SS_LINK_DELIVER, C1, 0)->link.tag);
+    /* P1#0 confirmed: the parked batch is a duplicate, dropped. */
+    assert_int_equal(stats(f).duplicates, 1);
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);   /* 1312 > 1000 */
     ack(f, C1, nth_sent(f, 0, SS_LINK_DELIVER, C1, 1)->link.tag);
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 4);   /* 656: released in order */
     for (uint64_t i = 0; i < 4; i++)
         assert_int_equal(nth_sent(f, 0, SS_LINK_RECEIPT, P1, i)->link.tag, i);
     ss_router_stats st = stats(f);
-    assert_int_equal(st.bytes_held_max, 3 * one);
+    assert_int_equal(st.bytes_held_max, 3 * one + small);
     assert_int_equal(st.bytes_held, one);
     /* A producer that dies with withheld receipts leaves nothing behind. */
     id = (ss_lineage_id){ P1, 10 };
