@@ -828,6 +828,289 @@ static void backpressure_withholds_receipts(void **state)
     fx_free(f);
 }
 
+/* ---- windows, eviction, deferred joins ---- */
+
+static void window_is_granted_in_welcome(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    static const struct { uint64_t peer; uint16_t asked; uint32_t granted; } cases[] = {
+        { 0x301, 0, SS_DEFAULT_WINDOW },        /* none declared: the default */
+        { 0x302, 4, 4 },
+        { 0x303, 1000, SS_DEFAULT_MAX_WINDOW }, /* capped by the router */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        in_join_window(f, cases[i].peer, cases[i].asked);
+        ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_WELCOME, cases[i].peer, 0)->link.n, cases[i].granted);
+    }
+    C(C1);
+    ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_WELCOME, C1, 0)->link.n, 0);
+    fx_free(f);
+}
+
+static void window_overrun_is_dropped_and_evicts(void **state)
+{
+    const uint64_t one = HDR + LIN + 600;
+    fx_t *f = fx_new(1000);   /* over the bound after two batches: receipts withheld */
+    in_join_window(f, P1, 4);
+    P(P2);
+    C(C1);
+    ss_lineage_id id;
+    for (uint64_t i = 0; i < 4; i++) {
+        id = (ss_lineage_id){ P1, i };
+        in_publish(f, P1, i, &id, 1, 600);
+    }
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 4 * one);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    /* Three receipts withheld and one sent: three in flight of four. One more
+     * fits; the next is an overrun: not stored, not receipted. */
+    id = (ss_lineage_id){ P1, 4 };
+    in_publish(f, P1, 4, &id, 1, 600);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    for (uint64_t i = 5; i < 9; i++) {
+        id = (ss_lineage_id){ P1, i };
+        in_publish(f, P1, i, &id, 1, 600);
+    }
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 4);
+    ASSERT_UINT_EQ(st.evicted, 0);
+    ASSERT_UINT_EQ(st.bytes_held, 5 * one);
+    ASSERT_UINT_EQ(st.batches_in, 5);
+    /* The fifth overrun is more than its window: evicted, named in the log. */
+    test_capture_start();
+    id = (ss_lineage_id){ P1, 9 };
+    in_publish(f, P1, 9, &id, 1, 600);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "evicted producer windowed (id 0000000000000101): 5 batches beyond its window of 4");
+    free(log);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 5);
+    ASSERT_UINT_EQ(st.evicted, 1);
+    ASSERT_UINT_EQ(st.producers, 1);
+    /* Its later messages are ignored; what it had stored stays and is delivered. */
+    id = (ss_lineage_id){ P1, 10 };
+    in_publish(f, P1, 10, &id, 1, 600);
+    ASSERT_UINT_EQ(stats(f).overruns, 5);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 5 * one);
+    /* A JOIN while over the bound waits: no WELCOME, so no new window. */
+    size_t mark = f->nout;
+    in_join_window(f, P1, 4);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_WELCOME, P1), 0);
+    ASSERT_UINT_EQ(stats(f).joins_deferred, 1);
+    ASSERT_UINT_EQ(stats(f).producers, 1);
+    /* The consumer drains: under the bound, the waiting producer is welcomed
+     * with a window of its own, starting over. */
+    credit(f, C1, 5);
+    ack_from(f, C1, 0, 0);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_WELCOME, P1), 1);
+    ASSERT_UINT_EQ(nth_sent(f, mark, SS_LINK_WELCOME, P1, 0)->link.n, 4);
+    ASSERT_UINT_EQ(stats(f).producers, 2);
+    id = (ss_lineage_id){ P1, 20 };
+    in_publish(f, P1, 0, &id, 1, 600);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_RECEIPT, P1), 1);
+    ASSERT_UINT_EQ(stats(f).overruns, 5);
+    fx_free(f);
+}
+
+static void honest_producer_never_overruns(void **state)
+{
+    /* Receipts flowing: any number of batches, one window at a time. */
+    fx_t *f = fx_new(1 << 20);
+    in_join_window(f, P1, 2);
+    C(C1);
+    credit(f, C1, 1000);
+    for (uint64_t i = 0; i < 500; i++)
+        pub1(f, P1, i, P1, i);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 0);
+    ASSERT_UINT_EQ(st.batches_in, 500);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, P1), 500);
+    /* Refused batches are receipted too, so they do not eat the window. */
+    ss_header_t h = { SS_MSG_DATA, 0, STREAM + 1, P1, 0, 1, 0 };
+    ss_lineage_id id = { P1, 999 };
+    for (uint64_t i = 500; i < 510; i++)
+        in_publish_raw(f, P1, i, &h, &id, 1, "x", 1);
+    ASSERT_UINT_EQ(stats(f).refused, 10);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    fx_free(f);
+}
+
+/* ---- lineage claims: pending, confirmed, rejected ---- */
+
+enum { SRC = 0x50c, SQUAT = 0x666 };
+
+static void squatter_rejected_by_consumer_frees_the_lineage(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    P(SRC);
+    P(SQUAT);
+    C(C1);
+    /* The squatter claims the real source's next batch first. */
+    pub1(f, SQUAT, 0, SRC, 5);
+    pub1(f, SRC, 0, SRC, 5);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.batches_in, 1);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, SRC), 1);   /* parked is receipted */
+    /* The consumer cannot authenticate it: REJECTED. */
+    credit(f, C1, 1);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    ASSERT_UINT_EQ(d->hdr.producer, SQUAT);
+    test_capture_start();
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, SS_LINK_REJECTED, 0, d->link.tag);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "rejected batch 0 of producer peer-666 (id 0000000000000666)");
+    free(log);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);   /* the real one, out of the parking */
+    credit(f, C1, 1);
+    d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 1);
+    ASSERT_UINT_EQ(d->hdr.producer, SRC);
+    ASSERT_UINT_EQ(d->ids[0].seq, 5);
+    ack(f, C1, d->link.tag);
+    /* Now confirmed: the squatter trying again is a duplicate. */
+    pub1(f, SQUAT, 1, SRC, 5);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(st.parked, 1);
+    fx_free(f);
+}
+
+static void squatter_accepted_by_consumer_drop_is_logged(void **state)
+{
+    /* Plain mode: the consumer cannot tell, accepts the squatter's batch; the
+     * real one is dropped, and the log names both producers. */
+    fx_t *f = fx_new(1 << 20);
+    P(SRC);
+    P(SQUAT);
+    C(C1);
+    pub1(f, SQUAT, 0, SRC, 5);
+    pub1(f, SRC, 0, SRC, 5);
+    credit(f, C1, 5);
+    test_capture_start();
+    ack_from(f, C1, 0, 0);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "dropped batch 0 of producer peer-50c (id 000000000000050c): lineage "
+                         "000000000000050c#5 already accepted from producer peer-666 (id 0000000000000666)");
+    free(log);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.batches_in, 1);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 1);
+    fx_free(f);
+}
+
+static void redelivery_keeps_claims_pending(void **state)
+{
+    /* Rule 5 with claims: a dead consumer's batch stays claimed; a re-processed
+     * copy waits in the parking and is dropped once the first is accepted. */
+    fx_t *f = fx_new(1 << 20);
+    P(P1);
+    P(P2);
+    C(C1);
+    C(C2);
+    credit(f, C1, 1);
+    ss_lineage_id ab[] = { { 7, 1 }, { 7, 2 } };
+    in_publish(f, P1, 0, ab, 2, 10);     /* a reducer's partial over 7#1 and 7#2 */
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_LEAVE, 0, 0, 0);
+    ASSERT_UINT_EQ(stats(f).redelivered, 1);
+    pub1(f, P2, 0, 7, 2);                /* 7#2 alone, from the upstream redelivery */
+    pub1(f, P2, 1, 7, 3);                /* unrelated: queued */
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    credit(f, C2, 5);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C2, 0);
+    ASSERT_UINT_EQ(d->link.flags, SS_LINK_REDELIVERED);
+    ASSERT_UINT_EQ(d->nids, 2);
+    ack_from(f, C2, 0, 0);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C2), 2);
+    fx_free(f);
+}
+
+static void partial_rejected_lets_batches_through_alone(void **state)
+{
+    /* A partial over 7#1..7#3 rejected by its consumer: each batch that
+     * comes again alone, parked meanwhile, is accepted. */
+    fx_t *f = fx_new(1 << 20);
+    P(P1);
+    C(C1);
+    ss_lineage_id abc[] = { { 7, 1 }, { 7, 2 }, { 7, 3 } };
+    in_publish(f, P1, 0, abc, 3, 10);
+    for (uint64_t q = 1; q <= 3; q++)
+        pub1(f, P1, q, 7, q);
+    ASSERT_UINT_EQ(stats(f).parked, 3);
+    credit(f, C1, 1);
+    ack_from(f, C1, 0, SS_LINK_REJECTED);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.batches_in, 4);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    size_t mark = f->nout;
+    credit(f, C1, 3);
+    for (size_t k = 0; k < 3; k++)
+        ASSERT_UINT_EQ(nth_sent(f, mark, SS_LINK_DELIVER, C1, k)->ids[0].seq, k + 1);
+    fx_free(f);
+}
+
+static void eos_waits_for_parked_batches(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    const uint64_t members[] = { P1, P2 };
+    P(P1);
+    P(P2);
+    C(C1);
+    pub1(f, P1, 0, 9, 0);
+    pub1(f, P2, 0, 9, 0);   /* parked behind P1's */
+    in_eos(f, P1, 1, members, 2, NULL, 0, 0);
+    in_eos(f, P2, 1, members, 2, NULL, 0, 0);
+    credit(f, C1, 5);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    ASSERT_UINT_EQ(d->hdr.type, SS_MSG_DATA);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 1);   /* no EOS yet */
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, SS_LINK_REJECTED, 0, d->link.tag);
+    /* P2's copy came out of the parking; only after it the EOS. */
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 2);
+    ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_DELIVER, C1, 1)->hdr.producer, P2);
+    ack_from(f, C1, 0, 0);
+    sent_t *e = nth_sent(f, 0, SS_LINK_DELIVER, C1, 2);
+    ASSERT_UINT_EQ(e->hdr.type, SS_MSG_EOS);
+    ack(f, C1, e->link.tag);
+    assert_true(ss_router_state_done(f->s, NULL));
+    fx_free(f);
+}
+
+static void eos_from_unlisted_producer_is_merged_not_awaited(void **state)
+{
+    /* A worker that came LATE upstream forwards its EOS anyway: a router
+     * merges its statistics and never waits for it. */
+    fx_t *f = fx_new(1 << 20);
+    const uint64_t members[] = { P1 };
+    const uint64_t k1[] = { 0x11 }, k2[] = { 0x11, 0x22 };
+    P(P1);
+    P(P2);
+    C(C1);
+    credit(f, C1, 5);
+    in_eos(f, P2, 0, members, 1, k2, 2, 0);   /* P2 unlisted, lists P1 */
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 0);
+    in_eos(f, P1, 0, members, 1, k1, 1, 0);
+    sent_t *e = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    uint64_t got[4];
+    size_t nstats;
+    ASSERT_UINT_EQ(eos_members(e, got, 4, &nstats), 1);
+    ASSERT_UINT_EQ(nstats, 2);
+    fx_free(f);
+}
+
 static void refuses_what_is_not_ours(void **state)
 {
     fx_t *f = fx_new(1 << 20);
@@ -1612,6 +1895,15 @@ int main(void)
         cmocka_unit_test(eos_consumer_dies_before_ack),
         cmocka_unit_test(late_joiner_gets_late_eos),
         cmocka_unit_test(backpressure_withholds_receipts),
+        cmocka_unit_test(window_is_granted_in_welcome),
+        cmocka_unit_test(window_overrun_is_dropped_and_evicts),
+        cmocka_unit_test(honest_producer_never_overruns),
+        cmocka_unit_test(squatter_rejected_by_consumer_frees_the_lineage),
+        cmocka_unit_test(squatter_accepted_by_consumer_drop_is_logged),
+        cmocka_unit_test(redelivery_keeps_claims_pending),
+        cmocka_unit_test(partial_rejected_lets_batches_through_alone),
+        cmocka_unit_test(eos_waits_for_parked_batches),
+        cmocka_unit_test(eos_from_unlisted_producer_is_merged_not_awaited),
         cmocka_unit_test(refuses_what_is_not_ours),
         cmocka_unit_test(sockets_killed_consumer_is_replaced),
         cmocka_unit_test(sockets_two_producers_three_consumers),
