@@ -1817,6 +1817,35 @@ static void sockets_late_joiner_during_linger(void **state)
     zmq_ctx_term(zctx);
 }
 
+static void sockets_link_takes_the_granted_window(void **state)
+{
+    void *zctx = zmq_ctx_new();
+    test_router rr;
+    ss_router_opts o;
+    ss_router_opts_init(&o);
+    o.frontend = o.backend = "tcp://127.0.0.1:*";
+    o.stream = STREAM;
+    o.heartbeat_ms = HB_MS;
+    o.liveness_ms = LIVE_MS;
+    o.max_window = 3;
+    test_router_start(&rr, zctx, &o);
+    static const struct { unsigned asked, used; } cases[] = { { 100, 3 }, { 2, 2 }, { 0, 3 } };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256];
+        ss_link_opts lo = link_opts(0x900 + i, "windowed");
+        lo.window = cases[i].asked;
+        ss_producer_t *p = NULL;
+        assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &lo, NULL, NULL, &p, err,
+                                         sizeof err), SS_OK);
+        ASSERT_UINT_EQ(ss_producer_window(p), cases[i].used);
+        ss_producer_destroy(&p);
+    }
+    rr.stop = 1;
+    test_router_finish(&rr, 5);
+    ss_router_destroy(&rr.r);
+    zmq_ctx_term(zctx);
+}
+
 static void link_join_times_out_naming_address(void **state)
 {
     void *zctx = zmq_ctx_new();
@@ -1911,6 +1940,7 @@ int main(void)
         cmocka_unit_test(sockets_bad_input_is_refused),
         cmocka_unit_test(sockets_backpressure_bounds_memory),
         cmocka_unit_test(sockets_late_joiner_during_linger),
+        cmocka_unit_test(sockets_link_takes_the_granted_window),
         cmocka_unit_test(link_join_times_out_naming_address),
         cmocka_unit_test(link_notices_silent_router),
     };

@@ -588,6 +588,11 @@ unsigned ss_producer_in_flight(const ss_producer_t *pr)
     return (unsigned)(pr->next_pub - pr->next_receipt);
 }
 
+unsigned ss_producer_window(const ss_producer_t *pr)
+{
+    return pr->p.window;
+}
+
 uint64_t ss_producer_refused(const ss_producer_t *pr)
 {
     return pr->refused;

@@ -88,6 +88,9 @@ void ss_producer_set_tick(ss_producer_t *p, void (*tick)(void *), void *arg);
 
 void *ss_producer_socket(ss_producer_t *p);
 unsigned ss_producer_in_flight(const ss_producer_t *p);
+/* The window in use: the one asked for, or the smaller one the router
+ * granted in its WELCOME. */
+unsigned ss_producer_window(const ss_producer_t *p);
 /* Batches the router receipted flagged SS_LINK_REFUSED (it logged why). */
 uint64_t ss_producer_refused(const ss_producer_t *p);
 
