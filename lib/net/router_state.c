@@ -275,6 +275,7 @@ typedef struct {
     uint8_t listed;         /* named in some EOS members list */
     uint8_t sent_eos;       /* its EOS was received */
     int64_t listed_at;
+    char name[64];          /* from its last JOIN, for logs after it left */
 } known;
 
 typedef struct {
@@ -944,12 +945,13 @@ static size_t batch_nids(const batch *b)
     return zmq_msg_size((zmq_msg_t *)&b->part[1]) / SS_LINEAGE_ENTRY;
 }
 
-/* "NAME (id HEX)" of a live producer, else "id HEX". */
+/* "NAME (id HEX)" of a producer that joined (live or not), else "id HEX". */
 static void producer_str(ss_router_state_t *s, uint64_t id, char *out, size_t len)
 {
     member *p = find_producer(s, id);
-    if (p)
-        snprintf(out, len, "%s (id %016llx)", p->name, (unsigned long long)id);
+    known *k = p ? NULL : find_known(s, id, 0);
+    if (p || (k && k->name[0]))
+        snprintf(out, len, "%s (id %016llx)", p ? p->name : k->name, (unsigned long long)id);
     else
         snprintf(out, len, "id %016llx", (unsigned long long)id);
 }
@@ -1178,8 +1180,10 @@ static int member_add(ss_router_state_t *s, member *m)
     m->heard = m->sent = s->now;
     if (m->side == SS_SIDE_FRONTEND) {
         known *k = find_known(s, m->id, 1);
-        if (k)
+        if (k) {
             k->joined = 1;
+            memcpy(k->name, m->name, sizeof k->name);
+        }
     } else if (s->phase != PHASE_RUNNING) {
         m->eos = EOS_PENDING;   /* late: gets the EOS flagged LATE */
     }
