@@ -1846,6 +1846,54 @@ static void sockets_link_takes_the_granted_window(void **state)
     zmq_ctx_term(zctx);
 }
 
+static void sockets_consumer_reject_frees_the_lineage(void **state)
+{
+    /* Links end to end: a squatter's batch rejected by the consumer with
+     * ss_consumer_reject lets the real batch with the same lineage through;
+     * a plain ss_consumer_ack would have made it a duplicate. */
+    void *zctx = zmq_ctx_new();
+    test_router rr;
+    router_start(&rr, zctx, 0);
+    char err[256];
+    ss_link_opts so = link_opts(0x666, "squatter"), po = link_opts(0x50c, "source");
+    ss_link_opts co = link_opts(0x201, "consumer");
+    ss_producer_t *squat = NULL, *src = NULL;
+    ss_consumer_t *c = NULL;
+    assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &so, NULL, NULL, &squat, err,
+                                     sizeof err), SS_OK);
+    assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &po, NULL, NULL, &src, err,
+                                     sizeof err), SS_OK);
+    uint8_t lin[LIN];
+    ss_lineage_put(lin, 0, (ss_lineage_id){ 0x50c, 0 });
+    for (int round = 0; round < 2; round++) {
+        ss_producer_t *p = round == 0 ? squat : src;
+        ss_header_t h = { SS_MSG_DATA, 0, STREAM, round == 0 ? 0x666 : 0x50c, round, 1, 0 };
+        assert_int_equal(ss_producer_publish(p, &h, lin, sizeof lin, "\x91\x01", 2, NULL), SS_OK);
+        assert_int_equal(ss_producer_drain(p, 3000), SS_OK);   /* both stored before any consumer */
+    }
+    assert_int_equal(ss_consumer_new(zctx, ss_router_backend(rr.r), &co, &c, err, sizeof err), SS_OK);
+    ss_delivery_t d;
+    assert_int_equal(ss_consumer_recv(c, 3000, &d), SS_OK);
+    ASSERT_UINT_EQ(d.header.producer, 0x666);
+    assert_int_equal(ss_consumer_reject(c, d.tag), SS_OK);
+    assert_int_equal(ss_consumer_recv(c, 3000, &d), SS_OK);
+    ASSERT_UINT_EQ(d.header.producer, 0x50c);
+    assert_int_equal(ss_consumer_ack(c, d.tag), SS_OK);
+    rr.stop = 1;
+    test_router_finish(&rr, 5);
+    ss_router_stats st;
+    ss_router_get_stats(rr.r, &st);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    ss_router_destroy(&rr.r);
+    ss_consumer_destroy(&c);
+    ss_producer_destroy(&squat);
+    ss_producer_destroy(&src);
+    zmq_ctx_term(zctx);
+}
+
 static void link_join_times_out_naming_address(void **state)
 {
     void *zctx = zmq_ctx_new();
@@ -1941,6 +1989,7 @@ int main(void)
         cmocka_unit_test(sockets_backpressure_bounds_memory),
         cmocka_unit_test(sockets_late_joiner_during_linger),
         cmocka_unit_test(sockets_link_takes_the_granted_window),
+        cmocka_unit_test(sockets_consumer_reject_frees_the_lineage),
         cmocka_unit_test(link_join_times_out_naming_address),
         cmocka_unit_test(link_notices_silent_router),
     };
