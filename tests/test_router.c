@@ -1062,6 +1062,31 @@ static void partial_rejected_lets_batches_through_alone(void **state)
     fx_free(f);
 }
 
+static void claims_forgotten_among_many(void **state)
+{
+    /* The claims table forgets entries in the middle of probe runs: every
+     * other of 3000 batches rejected, then all of them published again. */
+    fx_t *f = fx_new(1 << 30);
+    P(P1);
+    C(C1);
+    credit(f, C1, 3000);
+    for (uint64_t i = 0; i < 3000; i++)
+        pub1(f, P1, i, 9, i);
+    for (size_t k = 0; k < 3000; k++) {
+        sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, k);
+        in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, d->ids[0].seq % 2 ? SS_LINK_REJECTED : 0, 0,
+                d->link.tag);
+    }
+    ASSERT_UINT_EQ(stats(f).rejected, 1500);
+    for (uint64_t i = 0; i < 3000; i++)
+        pub1(f, P1, 3000 + i, 9, i);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1500);       /* the accepted ones */
+    ASSERT_UINT_EQ(st.batches_in, 4500);       /* the rejected ones come again */
+    ASSERT_UINT_EQ(st.parked, 0);
+    fx_free(f);
+}
+
 static void eos_waits_for_parked_batches(void **state)
 {
     fx_t *f = fx_new(1 << 20);
@@ -1979,6 +2004,7 @@ int main(void)
         cmocka_unit_test(squatter_accepted_by_consumer_drop_is_logged),
         cmocka_unit_test(redelivery_keeps_claims_pending),
         cmocka_unit_test(partial_rejected_lets_batches_through_alone),
+        cmocka_unit_test(claims_forgotten_among_many),
         cmocka_unit_test(eos_waits_for_parked_batches),
         cmocka_unit_test(eos_from_unlisted_producer_is_merged_not_awaited),
         cmocka_unit_test(refuses_what_is_not_ours),
