@@ -36,6 +36,9 @@ LIBSS    = $(BUILD)/libsecurestreams.a
 # command in-process, as test_enclave runs the enclave child).
 TEST_OBJS = $(filter-out $(BUILD)/src/main.o,$(CMD_OBJS)) $(LIBSS)
 TESTS    = $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+# Attackers' programs the integration tests run (tests/attack/*.c): each
+# links the library alone, as an outsider using the wire format would.
+ATTACKS  = $(patsubst tests/attack/%.c,$(BUILD)/attack/%,$(wildcard tests/attack/*.c))
 
 .PHONY: all test test-fast unit asan install clean deps demo check bench sgx fuzz fuzz-build
 ROWS     ?= 1000000
@@ -77,21 +80,19 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/tests/test.o $(TEST_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $< $(BUILD)/tests/test.o $(TEST_OBJS) $(LIBS) -lcmocka
 
+$(BUILD)/attack/%: tests/attack/%.c $(LIBSS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -MMD -MP -o $@ $< $(LIBSS) $(LIBS)
+
 $(BUILD)/memscan: tools/memscan.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -o $@ $<
 
-# The attacker of tests/integration/t_curve_attack.sh: a CurveZMQ client
-# that claims any identity (built with the tools the tests use).
-$(BUILD)/impostor: tests/attack/impostor.c $(LIBSS)
-	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBSS) $(LIBS)
-
-unit: $(TESTS)
-test: all $(TESTS) $(BUILD)/memscan $(BUILD)/impostor
+unit: $(TESTS) $(ATTACKS)
+test: all $(TESTS) $(ATTACKS) $(BUILD)/memscan
 	tests/run.sh $(BUILD)
 
-test-fast: all $(TESTS) $(BUILD)/memscan $(BUILD)/impostor
+test-fast: all $(TESTS) $(ATTACKS) $(BUILD)/memscan
 	tests/run.sh --tier fast $(BUILD)
 
 # The sanitizer build: its own directory, every object built with the flags.
@@ -103,7 +104,7 @@ SAN_CFLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 CHECK_JOBS = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(shell nproc))
 
 asan:
-	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan $(SAN_BUILD)/impostor
+	$(MAKE) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
 	tests/run.sh --sanitized $(SAN_BUILD)
 
 # Fuzzing with libFuzzer (clang): each fuzz/fuzz_*.c feeds untrusted bytes to
@@ -148,9 +149,9 @@ bench: all
 CHECK_FUZZ_SECONDS = 8
 check: deps
 	@rm -f $(BUILD)/check.counts
-	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan $(BUILD)/impostor
+	$(MAKE) $(CHECK_JOBS) all unit $(BUILD)/memscan
 	-tests/run.sh --counts $(BUILD)/check.counts $(BUILD)
-	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan $(SAN_BUILD)/impostor
+	$(MAKE) $(CHECK_JOBS) BUILD=$(SAN_BUILD) CFLAGS="$(SAN_CFLAGS)" all unit $(SAN_BUILD)/memscan
 	-tests/run.sh --tier fast --sanitized --counts $(BUILD)/check.counts $(SAN_BUILD)
 	$(MAKE) fuzz-build
 	-scripts/fuzz $(FUZZ_BUILD) $(CHECK_FUZZ_SECONDS) --counts $(BUILD)/check.counts
@@ -184,7 +185,7 @@ bench-memory: all
 bench-ecall bench-copy bench-lua bench-throughput bench-scale bench-compare bench-profile: all
 	scripts/$@ $(ROWS)
 
--include $(OBJS:.o=.d) $(BUILD)/tests/test.d $(TESTS:=.d)
+-include $(OBJS:.o=.d) $(BUILD)/tests/test.d $(TESTS:=.d) $(ATTACKS:=.d)
 
 # Docker images (docs/deploy.md). `image` needs no registry: FROM scratch with
 # this machine's binary and libraries. `image-debian` builds the Dockerfile,

@@ -69,6 +69,7 @@ static int parse(router_args *a, int argc, char **argv)
     ss_router_opts *o = &a->o;
     ss_router_opts_init(o);
     uint64_t stream = NOT_GIVEN, max_bytes = o->max_bytes, ready_fd = NOT_GIVEN;
+    uint64_t max_window = o->max_window;
     uint64_t heartbeat = (uint64_t)o->heartbeat_ms, liveness = (uint64_t)o->liveness_ms;
     uint64_t linger = (uint64_t)o->linger_ms;
     char stream_help[96];
@@ -81,6 +82,9 @@ static int parse(router_args *a, int argc, char **argv)
         { "--stream", 0, SS_OPT_UINT, &stream, "ID", stream_help, .max = UINT32_MAX, .flags = SS_OPTF_HEX },
         { "--max-bytes", 0, SS_OPT_UINT, &max_bytes, "N", "bound on held batches, suffix K, M or G allowed (default 64M)",
           .min = 1, .max = SIZE_MAX, .suffix = SS_NUM_KMG, .flags = SS_OPTF_HEX },
+        { "--max-window", 0, SS_OPT_UINT, &max_window, "N", "the most unreceipted batches a producer may have in flight;\n"
+                                                           "beyond it a batch is dropped, and a producer that keeps\n"
+                                                           "overrunning is evicted (default 64)", .min = 1, .max = SS_MAX_WINDOW },
         { "--heartbeat-ms", 0, SS_OPT_MS, &heartbeat, "N", "heartbeat interval (default 250, or $SS_HEARTBEAT_MS)",
           .min = 1, .max = DAY_MS },
         { "--liveness-ms", 0, SS_OPT_MS, &liveness, "N", "a silent peer is dead after this\n"
@@ -99,8 +103,8 @@ static int parse(router_args *a, int argc, char **argv)
     const ss_cli cli = {
         .name = "router", .opts = opts,
         .synopsis = "[--from ADDR] [--to ADDR] [--name NAME] [--stream ID]\n"
-                    "                            [--max-bytes N] [--heartbeat-ms N] [--liveness-ms N]\n"
-                    "                            [--linger-ms N] [--ready-fd FD]\n"
+                    "                            [--max-bytes N] [--max-window N] [--heartbeat-ms N]\n"
+                    "                            [--liveness-ms N] [--linger-ms N] [--ready-fd FD]\n"
                     "                            [--curve-key FILE --curve-allow PATH]",
         .about = "\nRendezvous between two pipeline stages: producers connect to --from, consumers\n"
                  "to --to; see docs/protocol.md. The router exits once end of stream has been\n"
@@ -117,6 +121,7 @@ static int parse(router_args *a, int argc, char **argv)
     if (stream != NOT_GIVEN)
         o->stream = (uint32_t)stream;
     o->max_bytes = (size_t)max_bytes;
+    o->max_window = (unsigned)max_window;
     o->heartbeat_ms = (int)heartbeat;
     o->liveness_ms = (int)liveness;
     o->linger_ms = (int)linger;
@@ -159,11 +164,14 @@ static void log_stats(const ss_router_t *r, const ss_router_opts *o)
         snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu, impostors %llu, "
                  "role refusals %llu", (unsigned long long)st.auth_refused,
                  (unsigned long long)st.impostors, (unsigned long long)st.role_refused);
-    ss_log_info("batches in %llu, out %llu, duplicates %llu, redelivered %llu, refused %llu, "
+    ss_log_info("batches in %llu, out %llu, duplicates %llu, parked %llu, rejected %llu, "
+                "redelivered %llu, refused %llu, overruns %llu, evicted %llu, joins deferred %llu, "
                 "peak held %llu bytes%s", (unsigned long long)st.batches_in,
                 (unsigned long long)st.batches_out, (unsigned long long)st.duplicates,
+                (unsigned long long)st.parked, (unsigned long long)st.rejected,
                 (unsigned long long)st.redelivered, (unsigned long long)st.refused,
-                (unsigned long long)st.bytes_held_max, auth);
+                (unsigned long long)st.overruns, (unsigned long long)st.evicted,
+                (unsigned long long)st.joins_deferred, (unsigned long long)st.bytes_held_max, auth);
 }
 
 /* securestreams router [options]; argv[0] is "router". */

@@ -235,6 +235,28 @@ static void in_eos(fx_t *f, uint64_t prod, uint64_t pubseq, const uint64_t *memb
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* ACK (flags: 0 or SS_LINK_REJECTED) every DELIVER of a batch sent to
+ * consumer c at index >= from. */
+static void ack_from(fx_t *f, uint64_t c, size_t from, uint16_t flags)
+{
+    size_t n = f->nout;   /* acknowledging may deliver more: not those */
+    for (size_t i = from; i < n; i++)
+        if (f->out[i].link.kind == SS_LINK_DELIVER && f->out[i].peer == c && f->out[i].has_stream
+            && f->out[i].hdr.type == SS_MSG_DATA)
+            in_link(f, SS_SIDE_BACKEND, c, SS_LINK_ACK, flags, 0, f->out[i].link.tag);
+}
+
+/* JOIN of producer `peer` declaring `window` in its flags. */
+static void in_join_window(fx_t *f, uint64_t peer, uint16_t window)
+{
+    ss_link_t l = { SS_LINK_JOIN, window, SS_ROLE_PRODUCER, peer };
+    uint8_t buf[SS_LINK_SIZE];
+    ss_link_encode(&l, buf);
+    const void *frames[] = { buf, "windowed" };
+    size_t lens[] = { sizeof buf, 8 };
+    input(f, SS_SIDE_FRONTEND, peer, frames, lens, 2);
+}
+
 static void tick(fx_t *f, int64_t advance)
 {
     f->now += advance;
@@ -516,6 +538,7 @@ static void dedup_single(void **state)
     C(C1);
     credit(f, C1, 10);
     pub1(f, P1, 0, 7, 0);
+    ack_from(f, C1, 0, 0);  /* accepted by a consumer: the claim on 7#0 is confirmed */
     pub1(f, P2, 0, 7, 0);   /* the same source batch, re-processed */
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P2), 1);
     assert_int_equal(nth_sent(f, 0, SS_LINK_RECEIPT, P2, 0)->link.flags, 0);
@@ -524,8 +547,11 @@ static void dedup_single(void **state)
     assert_int_equal(st.batches_in, 1);
     assert_int_equal(st.duplicates, 1);
     /* Many ids: the set grows and still remembers every one. */
+    credit(f, C1, 5000);
+    size_t mark = f->nout;
     for (uint64_t i = 1; i <= 5000; i++)
         pub1(f, P1, i, 8, i);
+    ack_from(f, C1, mark, 0);
     for (uint64_t i = 1; i <= 5000; i++)
         pub1(f, P2, i, 8, i);
     st = stats(f);
@@ -538,6 +564,7 @@ static void dedup_overlapping_lineage(void **state)
 {
     fx_t *f = fx_new(1 << 20);
     P(P1);
+    C(C1);
     static const struct {
         ss_lineage_id ids[2];
         size_t n;
@@ -554,7 +581,10 @@ static void dedup_overlapping_lineage(void **state)
     };
     uint64_t in = 0, dups = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t mark = f->nout;
         in_publish(f, P1, i, cases[i].ids, cases[i].n, 10);
+        credit(f, C1, 1);
+        ack_from(f, C1, mark, 0);   /* each accepted batch is confirmed before the next */
         in += !cases[i].dup;
         dups += cases[i].dup;
         ss_router_stats st = stats(f);
@@ -766,18 +796,24 @@ static void backpressure_withholds_receipts(void **state)
         id = (ss_lineage_id){ P1, i };
         in_publish(f, P1, i, &id, 1, 600);
     }
-    pub1(f, P1, 3, P1, 0);   /* a duplicate queues behind the withheld ones */
+    /* Overlapping a pending claim: parked (held), its receipt queues behind
+     * the withheld ones. */
+    pub1(f, P1, 3, P1, 0);
+    const uint64_t small = HDR + LIN + 100;
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);   /* 656 <= 1000; then over */
-    assert_int_equal(stats(f).bytes_held, 3 * one);
+    assert_int_equal(stats(f).bytes_held, 3 * one + small);
+    assert_int_equal(stats(f).parked, 1);
     credit(f, C1, 2);
     ack(f, C1, nth_sent(f, 0, SS_LINK_DELIVER, C1, 0)->link.tag);
+    /* P1#0 confirmed: the parked batch is a duplicate, dropped. */
+    assert_int_equal(stats(f).duplicates, 1);
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);   /* 1312 > 1000 */
     ack(f, C1, nth_sent(f, 0, SS_LINK_DELIVER, C1, 1)->link.tag);
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 4);   /* 656: released in order */
     for (uint64_t i = 0; i < 4; i++)
         assert_int_equal(nth_sent(f, 0, SS_LINK_RECEIPT, P1, i)->link.tag, i);
     ss_router_stats st = stats(f);
-    assert_int_equal(st.bytes_held_max, 3 * one);
+    assert_int_equal(st.bytes_held_max, 3 * one + small);
     assert_int_equal(st.bytes_held, one);
     /* A producer that dies with withheld receipts leaves nothing behind. */
     id = (ss_lineage_id){ P1, 10 };
@@ -789,6 +825,314 @@ static void backpressure_withholds_receipts(void **state)
     ack(f, C1, nth_sent(f, 0, SS_LINK_DELIVER, C1, 3)->link.tag);
     assert_int_equal(count_sent(f, 0, SS_LINK_RECEIPT, P1), 4);
     assert_int_equal(stats(f).bytes_held, 0);
+    fx_free(f);
+}
+
+/* ---- windows, eviction, deferred joins ---- */
+
+static void window_is_granted_in_welcome(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    static const struct { uint64_t peer; uint16_t asked; uint32_t granted; } cases[] = {
+        { 0x301, 0, SS_DEFAULT_WINDOW },        /* none declared: the default */
+        { 0x302, 4, 4 },
+        { 0x303, 1000, SS_DEFAULT_MAX_WINDOW }, /* capped by the router */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        in_join_window(f, cases[i].peer, cases[i].asked);
+        ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_WELCOME, cases[i].peer, 0)->link.n, cases[i].granted);
+    }
+    C(C1);
+    ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_WELCOME, C1, 0)->link.n, 0);
+    fx_free(f);
+}
+
+static void window_overrun_is_dropped_and_evicts(void **state)
+{
+    const uint64_t one = HDR + LIN + 600;
+    fx_t *f = fx_new(1000);   /* over the bound after two batches: receipts withheld */
+    in_join_window(f, P1, 4);
+    P(P2);
+    C(C1);
+    ss_lineage_id id;
+    for (uint64_t i = 0; i < 4; i++) {
+        id = (ss_lineage_id){ P1, i };
+        in_publish(f, P1, i, &id, 1, 600);
+    }
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, P1), 1);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 4 * one);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    /* Three receipts withheld and one sent: three in flight of four. One more
+     * fits; the next is an overrun: not stored, not receipted. */
+    id = (ss_lineage_id){ P1, 4 };
+    in_publish(f, P1, 4, &id, 1, 600);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    for (uint64_t i = 5; i < 9; i++) {
+        id = (ss_lineage_id){ P1, i };
+        in_publish(f, P1, i, &id, 1, 600);
+    }
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 4);
+    ASSERT_UINT_EQ(st.evicted, 0);
+    ASSERT_UINT_EQ(st.bytes_held, 5 * one);
+    ASSERT_UINT_EQ(st.batches_in, 5);
+    /* The fifth overrun is more than its window: evicted, named in the log. */
+    test_capture_start();
+    id = (ss_lineage_id){ P1, 9 };
+    in_publish(f, P1, 9, &id, 1, 600);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "evicted producer windowed (id 0000000000000101): 5 batches beyond its window of 4");
+    free(log);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 5);
+    ASSERT_UINT_EQ(st.evicted, 1);
+    ASSERT_UINT_EQ(st.producers, 1);
+    /* Its later messages are ignored; what it had stored stays and is delivered. */
+    id = (ss_lineage_id){ P1, 10 };
+    in_publish(f, P1, 10, &id, 1, 600);
+    ASSERT_UINT_EQ(stats(f).overruns, 5);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 5 * one);
+    /* A JOIN while over the bound waits: no WELCOME, so no new window. */
+    size_t mark = f->nout;
+    in_join_window(f, P1, 4);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_WELCOME, P1), 0);
+    ASSERT_UINT_EQ(stats(f).joins_deferred, 1);
+    ASSERT_UINT_EQ(stats(f).producers, 1);
+    /* The consumer drains: under the bound, the waiting producer is welcomed
+     * with a window of its own, starting over. */
+    credit(f, C1, 5);
+    ack_from(f, C1, 0, 0);
+    ASSERT_UINT_EQ(stats(f).bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_WELCOME, P1), 1);
+    ASSERT_UINT_EQ(nth_sent(f, mark, SS_LINK_WELCOME, P1, 0)->link.n, 4);
+    ASSERT_UINT_EQ(stats(f).producers, 2);
+    id = (ss_lineage_id){ P1, 20 };
+    in_publish(f, P1, 0, &id, 1, 600);
+    ASSERT_UINT_EQ(count_sent(f, mark, SS_LINK_RECEIPT, P1), 1);
+    ASSERT_UINT_EQ(stats(f).overruns, 5);
+    fx_free(f);
+}
+
+static void honest_producer_never_overruns(void **state)
+{
+    /* Receipts flowing: any number of batches, one window at a time. */
+    fx_t *f = fx_new(1 << 20);
+    in_join_window(f, P1, 2);
+    C(C1);
+    credit(f, C1, 1000);
+    for (uint64_t i = 0; i < 500; i++)
+        pub1(f, P1, i, P1, i);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.overruns, 0);
+    ASSERT_UINT_EQ(st.batches_in, 500);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, P1), 500);
+    /* Refused batches are receipted too, so they do not eat the window. */
+    ss_header_t h = { SS_MSG_DATA, 0, STREAM + 1, P1, 0, 1, 0 };
+    ss_lineage_id id = { P1, 999 };
+    for (uint64_t i = 500; i < 510; i++)
+        in_publish_raw(f, P1, i, &h, &id, 1, "x", 1);
+    ASSERT_UINT_EQ(stats(f).refused, 10);
+    ASSERT_UINT_EQ(stats(f).overruns, 0);
+    fx_free(f);
+}
+
+/* ---- lineage claims: pending, confirmed, rejected ---- */
+
+enum { SRC = 0x50c, SQUAT = 0x666 };
+
+static void squatter_rejected_by_consumer_frees_the_lineage(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    P(SRC);
+    P(SQUAT);
+    C(C1);
+    /* The squatter claims the real source's next batch first. */
+    pub1(f, SQUAT, 0, SRC, 5);
+    pub1(f, SRC, 0, SRC, 5);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.batches_in, 1);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_RECEIPT, SRC), 1);   /* parked is receipted */
+    /* The consumer cannot authenticate it: REJECTED. */
+    credit(f, C1, 1);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    ASSERT_UINT_EQ(d->hdr.producer, SQUAT);
+    test_capture_start();
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, SS_LINK_REJECTED, 0, d->link.tag);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "rejected batch 0 of producer peer-666 (id 0000000000000666)");
+    free(log);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);   /* the real one, out of the parking */
+    credit(f, C1, 1);
+    d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 1);
+    ASSERT_UINT_EQ(d->hdr.producer, SRC);
+    ASSERT_UINT_EQ(d->ids[0].seq, 5);
+    ack(f, C1, d->link.tag);
+    /* Now confirmed: the squatter trying again is a duplicate. */
+    pub1(f, SQUAT, 1, SRC, 5);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(st.parked, 1);
+    fx_free(f);
+}
+
+static void squatter_accepted_by_consumer_drop_is_logged(void **state)
+{
+    /* Plain mode: the consumer cannot tell, accepts the squatter's batch; the
+     * real one is dropped, and the log names both producers. */
+    fx_t *f = fx_new(1 << 20);
+    P(SRC);
+    P(SQUAT);
+    C(C1);
+    pub1(f, SQUAT, 0, SRC, 5);
+    pub1(f, SRC, 0, SRC, 5);
+    credit(f, C1, 5);
+    test_capture_start();
+    ack_from(f, C1, 0, 0);
+    char *log = test_capture_stop();
+    ASSERT_CONTAINS(log, "dropped batch 0 of producer peer-50c (id 000000000000050c): lineage "
+                         "000000000000050c#5 already accepted from producer peer-666 (id 0000000000000666)");
+    free(log);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.batches_in, 1);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 1);
+    fx_free(f);
+}
+
+static void redelivery_keeps_claims_pending(void **state)
+{
+    /* Rule 5 with claims: a dead consumer's batch stays claimed; a re-processed
+     * copy waits in the parking and is dropped once the first is accepted. */
+    fx_t *f = fx_new(1 << 20);
+    P(P1);
+    P(P2);
+    C(C1);
+    C(C2);
+    credit(f, C1, 1);
+    ss_lineage_id ab[] = { { 7, 1 }, { 7, 2 } };
+    in_publish(f, P1, 0, ab, 2, 10);     /* a reducer's partial over 7#1 and 7#2 */
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_LEAVE, 0, 0, 0);
+    ASSERT_UINT_EQ(stats(f).redelivered, 1);
+    pub1(f, P2, 0, 7, 2);                /* 7#2 alone, from the upstream redelivery */
+    pub1(f, P2, 1, 7, 3);                /* unrelated: queued */
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    credit(f, C2, 5);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C2, 0);
+    ASSERT_UINT_EQ(d->link.flags, SS_LINK_REDELIVERED);
+    ASSERT_UINT_EQ(d->nids, 2);
+    ack_from(f, C2, 0, 0);
+    st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    ASSERT_UINT_EQ(st.bytes_held, 0);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C2), 2);
+    fx_free(f);
+}
+
+static void partial_rejected_lets_batches_through_alone(void **state)
+{
+    /* A partial over 7#1..7#3 rejected by its consumer: each batch that
+     * comes again alone, parked meanwhile, is accepted. */
+    fx_t *f = fx_new(1 << 20);
+    P(P1);
+    C(C1);
+    ss_lineage_id abc[] = { { 7, 1 }, { 7, 2 }, { 7, 3 } };
+    in_publish(f, P1, 0, abc, 3, 10);
+    for (uint64_t q = 1; q <= 3; q++)
+        pub1(f, P1, q, 7, q);
+    ASSERT_UINT_EQ(stats(f).parked, 3);
+    credit(f, C1, 1);
+    ack_from(f, C1, 0, SS_LINK_REJECTED);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.batches_in, 4);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    size_t mark = f->nout;
+    credit(f, C1, 3);
+    for (size_t k = 0; k < 3; k++)
+        ASSERT_UINT_EQ(nth_sent(f, mark, SS_LINK_DELIVER, C1, k)->ids[0].seq, k + 1);
+    fx_free(f);
+}
+
+static void claims_forgotten_among_many(void **state)
+{
+    /* The claims table forgets entries in the middle of probe runs: every
+     * other of 3000 batches rejected, then all of them published again. */
+    fx_t *f = fx_new(1 << 30);
+    P(P1);
+    C(C1);
+    credit(f, C1, 3000);
+    for (uint64_t i = 0; i < 3000; i++)
+        pub1(f, P1, i, 9, i);
+    for (size_t k = 0; k < 3000; k++) {
+        sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, k);
+        in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, d->ids[0].seq % 2 ? SS_LINK_REJECTED : 0, 0,
+                d->link.tag);
+    }
+    ASSERT_UINT_EQ(stats(f).rejected, 1500);
+    for (uint64_t i = 0; i < 3000; i++)
+        pub1(f, P1, 3000 + i, 9, i);
+    ss_router_stats st = stats(f);
+    ASSERT_UINT_EQ(st.duplicates, 1500);       /* the accepted ones */
+    ASSERT_UINT_EQ(st.batches_in, 4500);       /* the rejected ones come again */
+    ASSERT_UINT_EQ(st.parked, 0);
+    fx_free(f);
+}
+
+static void eos_waits_for_parked_batches(void **state)
+{
+    fx_t *f = fx_new(1 << 20);
+    const uint64_t members[] = { P1, P2 };
+    P(P1);
+    P(P2);
+    C(C1);
+    pub1(f, P1, 0, 9, 0);
+    pub1(f, P2, 0, 9, 0);   /* parked behind P1's */
+    in_eos(f, P1, 1, members, 2, NULL, 0, 0);
+    in_eos(f, P2, 1, members, 2, NULL, 0, 0);
+    credit(f, C1, 5);
+    sent_t *d = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    ASSERT_UINT_EQ(d->hdr.type, SS_MSG_DATA);
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 1);   /* no EOS yet */
+    in_link(f, SS_SIDE_BACKEND, C1, SS_LINK_ACK, SS_LINK_REJECTED, 0, d->link.tag);
+    /* P2's copy came out of the parking; only after it the EOS. */
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 2);
+    ASSERT_UINT_EQ(nth_sent(f, 0, SS_LINK_DELIVER, C1, 1)->hdr.producer, P2);
+    ack_from(f, C1, 0, 0);
+    sent_t *e = nth_sent(f, 0, SS_LINK_DELIVER, C1, 2);
+    ASSERT_UINT_EQ(e->hdr.type, SS_MSG_EOS);
+    ack(f, C1, e->link.tag);
+    assert_true(ss_router_state_done(f->s, NULL));
+    fx_free(f);
+}
+
+static void eos_from_unlisted_producer_is_merged_not_awaited(void **state)
+{
+    /* A worker that came LATE upstream forwards its EOS anyway: a router
+     * merges its statistics and never waits for it. */
+    fx_t *f = fx_new(1 << 20);
+    const uint64_t members[] = { P1 };
+    const uint64_t k1[] = { 0x11 }, k2[] = { 0x11, 0x22 };
+    P(P1);
+    P(P2);
+    C(C1);
+    credit(f, C1, 5);
+    in_eos(f, P2, 0, members, 1, k2, 2, 0);   /* P2 unlisted, lists P1 */
+    ASSERT_UINT_EQ(count_sent(f, 0, SS_LINK_DELIVER, C1), 0);
+    in_eos(f, P1, 0, members, 1, k1, 1, 0);
+    sent_t *e = nth_sent(f, 0, SS_LINK_DELIVER, C1, 0);
+    uint64_t got[4];
+    size_t nstats;
+    ASSERT_UINT_EQ(eos_members(e, got, 4, &nstats), 1);
+    ASSERT_UINT_EQ(nstats, 2);
     fx_free(f);
 }
 
@@ -1498,6 +1842,83 @@ static void sockets_late_joiner_during_linger(void **state)
     zmq_ctx_term(zctx);
 }
 
+static void sockets_link_takes_the_granted_window(void **state)
+{
+    void *zctx = zmq_ctx_new();
+    test_router rr;
+    ss_router_opts o;
+    ss_router_opts_init(&o);
+    o.frontend = o.backend = "tcp://127.0.0.1:*";
+    o.stream = STREAM;
+    o.heartbeat_ms = HB_MS;
+    o.liveness_ms = LIVE_MS;
+    o.max_window = 3;
+    test_router_start(&rr, zctx, &o);
+    static const struct { unsigned asked, used; } cases[] = { { 100, 3 }, { 2, 2 }, { 0, 3 } };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256];
+        ss_link_opts lo = link_opts(0x900 + i, "windowed");
+        lo.window = cases[i].asked;
+        ss_producer_t *p = NULL;
+        assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &lo, NULL, NULL, &p, err,
+                                         sizeof err), SS_OK);
+        ASSERT_UINT_EQ(ss_producer_window(p), cases[i].used);
+        ss_producer_destroy(&p);
+    }
+    rr.stop = 1;
+    test_router_finish(&rr, 5);
+    ss_router_destroy(&rr.r);
+    zmq_ctx_term(zctx);
+}
+
+static void sockets_consumer_reject_frees_the_lineage(void **state)
+{
+    /* Links end to end: a squatter's batch rejected by the consumer with
+     * ss_consumer_reject lets the real batch with the same lineage through;
+     * a plain ss_consumer_ack would have made it a duplicate. */
+    void *zctx = zmq_ctx_new();
+    test_router rr;
+    router_start(&rr, zctx, 0);
+    char err[256];
+    ss_link_opts so = link_opts(0x666, "squatter"), po = link_opts(0x50c, "source");
+    ss_link_opts co = link_opts(0x201, "consumer");
+    ss_producer_t *squat = NULL, *src = NULL;
+    ss_consumer_t *c = NULL;
+    assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &so, NULL, NULL, &squat, err,
+                                     sizeof err), SS_OK);
+    assert_int_equal(ss_producer_new(zctx, ss_router_frontend(rr.r), &po, NULL, NULL, &src, err,
+                                     sizeof err), SS_OK);
+    uint8_t lin[LIN];
+    ss_lineage_put(lin, 0, (ss_lineage_id){ 0x50c, 0 });
+    for (int round = 0; round < 2; round++) {
+        ss_producer_t *p = round == 0 ? squat : src;
+        ss_header_t h = { SS_MSG_DATA, 0, STREAM, round == 0 ? 0x666 : 0x50c, round, 1, 0 };
+        assert_int_equal(ss_producer_publish(p, &h, lin, sizeof lin, "\x91\x01", 2, NULL), SS_OK);
+        assert_int_equal(ss_producer_drain(p, 3000), SS_OK);   /* both stored before any consumer */
+    }
+    assert_int_equal(ss_consumer_new(zctx, ss_router_backend(rr.r), &co, &c, err, sizeof err), SS_OK);
+    ss_delivery_t d;
+    assert_int_equal(ss_consumer_recv(c, 3000, &d), SS_OK);
+    ASSERT_UINT_EQ(d.header.producer, 0x666);
+    assert_int_equal(ss_consumer_reject(c, d.tag), SS_OK);
+    assert_int_equal(ss_consumer_recv(c, 3000, &d), SS_OK);
+    ASSERT_UINT_EQ(d.header.producer, 0x50c);
+    assert_int_equal(ss_consumer_ack(c, d.tag), SS_OK);
+    rr.stop = 1;
+    test_router_finish(&rr, 5);
+    ss_router_stats st;
+    ss_router_get_stats(rr.r, &st);
+    ASSERT_UINT_EQ(st.rejected, 1);
+    ASSERT_UINT_EQ(st.parked, 1);
+    ASSERT_UINT_EQ(st.duplicates, 0);
+    ASSERT_UINT_EQ(st.batches_in, 2);
+    ss_router_destroy(&rr.r);
+    ss_consumer_destroy(&c);
+    ss_producer_destroy(&squat);
+    ss_producer_destroy(&src);
+    zmq_ctx_term(zctx);
+}
+
 static void link_join_times_out_naming_address(void **state)
 {
     void *zctx = zmq_ctx_new();
@@ -1576,6 +1997,16 @@ int main(void)
         cmocka_unit_test(eos_consumer_dies_before_ack),
         cmocka_unit_test(late_joiner_gets_late_eos),
         cmocka_unit_test(backpressure_withholds_receipts),
+        cmocka_unit_test(window_is_granted_in_welcome),
+        cmocka_unit_test(window_overrun_is_dropped_and_evicts),
+        cmocka_unit_test(honest_producer_never_overruns),
+        cmocka_unit_test(squatter_rejected_by_consumer_frees_the_lineage),
+        cmocka_unit_test(squatter_accepted_by_consumer_drop_is_logged),
+        cmocka_unit_test(redelivery_keeps_claims_pending),
+        cmocka_unit_test(partial_rejected_lets_batches_through_alone),
+        cmocka_unit_test(claims_forgotten_among_many),
+        cmocka_unit_test(eos_waits_for_parked_batches),
+        cmocka_unit_test(eos_from_unlisted_producer_is_merged_not_awaited),
         cmocka_unit_test(refuses_what_is_not_ours),
         cmocka_unit_test(sockets_killed_consumer_is_replaced),
         cmocka_unit_test(sockets_two_producers_three_consumers),
@@ -1583,6 +2014,8 @@ int main(void)
         cmocka_unit_test(sockets_bad_input_is_refused),
         cmocka_unit_test(sockets_backpressure_bounds_memory),
         cmocka_unit_test(sockets_late_joiner_during_linger),
+        cmocka_unit_test(sockets_link_takes_the_granted_window),
+        cmocka_unit_test(sockets_consumer_reject_frees_the_lineage),
         cmocka_unit_test(link_join_times_out_naming_address),
         cmocka_unit_test(link_notices_silent_router),
     };

@@ -509,10 +509,14 @@ static int consumer_recv_raw(lua_State *L)
     return 5;
 }
 
+/* c:ack(tag [, rejected]): acknowledge a delivery; with `rejected` true the
+ * batch was not accepted (ACK flagged REJECTED: the router forgets its
+ * lineage claims). */
 static int consumer_ack(lua_State *L)
 {
     lconsumer *lc = check_consumer(L);
-    ss_err e = ss_consumer_ack(lc->c, (uint64_t)luaL_checkinteger(L, 2));
+    uint64_t tag = (uint64_t)luaL_checkinteger(L, 2);
+    ss_err e = lua_toboolean(L, 3) ? ss_consumer_reject(lc->c, tag) : ss_consumer_ack(lc->c, tag);
     if (e != SS_OK)
         return luaL_error(L, "acknowledging: %s", ss_strerror(e));
     return 0;

@@ -264,14 +264,14 @@ function ZmqRx._sink_loop(source, observer)
           (Failure.message or (type(err) == 'table' and err.securestreams_failure) or tostring(err)), 0)
       end
     elseif kind == 'data' then
-      consumer:ack(tag)
+      consumer:ack(tag, true)
     elseif kind == 'rejected' then
       reject(data, producer, seq)
-      consumer:ack(tag)
+      consumer:ack(tag, true)
     elseif kind == 'bad' then
       stats.refused = stats.refused + 1
       log('refused a batch: %s', data)
-      consumer:ack(tag)
+      consumer:ack(tag, true)
     elseif kind == 'eos' then
       eos = data
       consumer:ack(tag)
@@ -322,9 +322,9 @@ end
 --       delivery {kind, tag, flags, ...}; kind 'eos' carries the end of
 --       stream decoded in `data`, or undecoded in `payload`
 --   stage.admit(d) -> false when the batch was disposed of (refused,
---       rejected, replayed): it is acknowledged at once
+--       rejected, replayed): it is acknowledged at once, flagged REJECTED
 --   stage.add(d, redelivered) -> true when the batch was rejected: it is
---       acknowledged at once and joins no group
+--       acknowledged at once, flagged REJECTED, and joins no group
 --   stage.flush() -> the publication number of the output covering the
 --       open group, or nil when nothing was published
 --   stage.finish(id) -> this worker's statistics record for the end of stream
@@ -336,8 +336,8 @@ end
 -- one output per batch; a stateful one groups up to config.group batches,
 -- or until no batch came for config.idle_ms. At the end of stream: flush,
 -- wait until downstream received everything, publish the end of stream
--- with this worker's statistics under `id` (not when it came LATE: the
--- stream ended without this worker), acknowledge, return. Errors (the error
+-- with this worker's statistics under `id` (flagged LATE or not),
+-- acknowledge, return. A batch not accepted is acknowledged REJECTED. Errors (the error
 -- policy, a broken link) propagate with nothing closed.
 local function worker_loop(consumer, producer, stage, id)
   local acks = acknowledger(producer, consumer)
@@ -365,22 +365,22 @@ local function worker_loop(consumer, producer, stage, id)
       if group then close_group() end
       producer:drain()
       settle()
-      if d.flags & net.LATE == 0 then
-        local eos = d.data or net.decode(d.payload)
-        local all = eos.stats or {}
-        all[net.hex(id)] = stage.finish(id)
-        producer:publish_eos({ members = eos.members or {}, stats = all })
-        producer:drain()
-      end
+      -- forwarded even when flagged LATE: routers do not authenticate the
+      -- flag, and one that lied would stall the stream (docs/protocol.md, rule 6)
+      local eos = d.data or net.decode(d.payload)
+      local all = eos.stats or {}
+      all[net.hex(id)] = stage.finish(id)
+      producer:publish_eos({ members = eos.members or {}, stats = all })
+      producer:drain()
       consumer:ack(d.tag)
       return
     elseif not stage.admit(d) then
-      consumer:ack(d.tag)   -- never processed, so nothing downstream to wait for
+      consumer:ack(d.tag, true)   -- not accepted: nothing downstream to wait for
     else
       local redelivered = d.flags & net.REDELIVERED ~= 0
       if group and redelivered then close_group() end
       if stage.add(d, redelivered) then
-        consumer:ack(d.tag)
+        consumer:ack(d.tag, true)
       else
         group = group or { tags = {} }
         group.tags[#group.tags + 1] = d.tag

@@ -38,8 +38,8 @@
 #define LINK_LINGER_MS 200   /* time to flush LEAVE and ACKs at close */
 #define READ_BURST 256       /* messages handled per read, so callers regain control */
 #define LOG_LIMIT 10         /* first occurrences of each odd event that are logged */
-#define MAX_WINDOW 1024      /* bound on either window (the consumer buffers that many) */
-#define PRODUCER_WINDOW 8    /* default: unreceipted batches in flight */
+#define MAX_WINDOW SS_MAX_WINDOW   /* bound on either window (the consumer buffers that many) */
+#define PRODUCER_WINDOW SS_DEFAULT_WINDOW   /* default: unreceipted batches in flight */
 #define CONSUMER_WINDOW 2    /* default: deliveries prefetched */
 #define LINK_HANDSHAKE_MS 5000  /* CurveZMQ: a handshake not done by then is retried */
 #define JOIN_EVENTS (ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED \
@@ -293,10 +293,14 @@ static ss_err join_event(peer *p, uint16_t event, uint32_t value, char *err, siz
     }
 }
 
-/* Send JOIN and wait for WELCOME, at most join_timeout_ms. */
+/* Send JOIN and wait for WELCOME, at most join_timeout_ms. A producer
+ * declares its window in the JOIN's flags and takes the smaller of it and
+ * the window the router grants in the WELCOME's n (0: an older router that
+ * grants none). */
 static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
 {
-    if (send_link(p, SS_LINK_JOIN, 0, role, p->id, 1) != 0
+    uint16_t declared = role == SS_ROLE_PRODUCER ? (uint16_t)p->window : 0;
+    if (send_link(p, SS_LINK_JOIN, declared, role, p->id, 1) != 0
         || zmq_send(p->sock, p->name, strlen(p->name), ZMQ_DONTWAIT) < 0) {
         snprintf(err, errlen, "cannot send JOIN to %s: %s", p->addr, zmq_strerror(errno));
         return SS_ERR_IO;
@@ -323,6 +327,8 @@ static ss_err peer_join(peer *p, uint32_t role, char *err, size_t errlen)
             drain_frames(p, &p->in);
             if (ok && l.kind == SS_LINK_WELCOME) {
                 p->heard = ss_now_ms();
+                if (role == SS_ROLE_PRODUCER && l.n > 0 && l.n < p->window)
+                    p->window = l.n;
                 ss_curve_monitor_close(p->sock, &p->mon);
                 return SS_OK;
             }
@@ -489,6 +495,8 @@ ss_err ss_producer_new(void *zctx, const char *addr, const ss_link_opts *o,
         return SS_ERR_NOMEM;
     }
     ss_err rc = peer_open(&pr->p, zctx, addr, o, "producer", err, errlen);
+    pr->p.window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW)
+                           : PRODUCER_WINDOW;
     if (rc == SS_OK)
         rc = peer_join(&pr->p, SS_ROLE_PRODUCER, err, errlen);
     if (rc != SS_OK) {
@@ -496,8 +504,6 @@ ss_err ss_producer_new(void *zctx, const char *addr, const ss_link_opts *o,
         free(pr);
         return rc;
     }
-    pr->p.window = o->window ? (o->window < MAX_WINDOW ? o->window : MAX_WINDOW)
-                           : PRODUCER_WINDOW;
     pr->on_receipt = receipt;
     pr->arg = arg;
     pr->p.ticked = ss_now_ms();
@@ -602,6 +608,11 @@ unsigned ss_producer_in_flight(const ss_producer_t *pr)
     return (unsigned)(pr->next_pub - pr->next_receipt);
 }
 
+unsigned ss_producer_window(const ss_producer_t *pr)
+{
+    return pr->p.window;
+}
+
 uint64_t ss_producer_refused(const ss_producer_t *pr)
 {
     return pr->refused;
@@ -641,7 +652,7 @@ static ss_err reject_delivery(ss_consumer_t *c, uint64_t tag, const char *why)
 {
     ss_log_limited(&c->nbad, LOG_LIMIT, "%s: skipped a delivery from %s: %s", c->p.name,
                    c->p.addr, why);
-    if (send_link(&c->p, SS_LINK_ACK, 0, 0, tag, 0) != 0
+    if (send_link(&c->p, SS_LINK_ACK, SS_LINK_REJECTED, 0, tag, 0) != 0
         || send_link(&c->p, SS_LINK_CREDIT, 0, 1, 0, 0) != 0)
         return send_failed(&c->p, "an acknowledgement");
     return SS_OK;
@@ -795,13 +806,23 @@ ss_err ss_consumer_recv(ss_consumer_t *c, int timeout_ms, ss_delivery_t *d)
     }
 }
 
-ss_err ss_consumer_ack(ss_consumer_t *c, uint64_t tag)
+static ss_err consumer_ack(ss_consumer_t *c, uint64_t tag, uint16_t flags)
 {
     if (c->p.dead)
         return SS_ERR_CLOSED;
-    if (send_link(&c->p, SS_LINK_ACK, 0, 0, tag, 0) != 0)
+    if (send_link(&c->p, SS_LINK_ACK, flags, 0, tag, 0) != 0)
         return send_failed(&c->p, "an acknowledgement");
     return SS_OK;
+}
+
+ss_err ss_consumer_ack(ss_consumer_t *c, uint64_t tag)
+{
+    return consumer_ack(c, tag, 0);
+}
+
+ss_err ss_consumer_reject(ss_consumer_t *c, uint64_t tag)
+{
+    return consumer_ack(c, tag, SS_LINK_REJECTED);
 }
 
 void ss_consumer_tick(ss_consumer_t *c)

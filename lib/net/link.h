@@ -19,7 +19,8 @@ typedef struct {
     uint64_t id;          /* this peer's id (0: a random one) */
     const char *name;     /* for logs: "mapper#2"; copied */
     uint32_t stream;      /* pipeline id; messages of other streams are refused */
-    unsigned window;      /* producer: unreceipted batches in flight (default 8);
+    unsigned window;      /* producer: unreceipted batches in flight (default 8),
+                             declared in JOIN; the router may grant fewer;
                              consumer: prefetched deliveries (default 2);
                              0: the default of the role; at most 1024 */
     int heartbeat_ms;     /* default 250 */
@@ -87,6 +88,9 @@ void ss_producer_set_tick(ss_producer_t *p, void (*tick)(void *), void *arg);
 
 void *ss_producer_socket(ss_producer_t *p);
 unsigned ss_producer_in_flight(const ss_producer_t *p);
+/* The window in use: the one asked for, or the smaller one the router
+ * granted in its WELCOME. */
+unsigned ss_producer_window(const ss_producer_t *p);
 /* Batches the router receipted flagged SS_LINK_REFUSED (it logged why). */
 uint64_t ss_producer_refused(const ss_producer_t *p);
 
@@ -100,7 +104,8 @@ typedef struct ss_consumer ss_consumer_t;
  * ss_consumer_destroy. */
 typedef struct {
     uint64_t tag;         /* delivery tag, to ACK */
-    uint16_t flags;       /* SS_LINK_REDELIVERED, SS_LINK_LATE */
+    uint16_t flags;       /* SS_LINK_REDELIVERED, SS_LINK_LATE (both informational:
+                             a router may set them falsely) */
     ss_header_t header;
     const uint8_t *header_bytes; /* the 40 encoded header bytes */
     const uint8_t *lineage;      /* raw lineage frame */
@@ -121,8 +126,17 @@ ss_err ss_consumer_new(void *zctx, const char *addr, const ss_link_opts *o,
 ss_err ss_consumer_recv(ss_consumer_t *c, int timeout_ms, ss_delivery_t *d);
 
 /* Acknowledge a delivery: the router forgets the batch (an EOS too: the
- * router ends once every consumer acknowledged its EOS). */
+ * router ends once every consumer acknowledged its EOS), and the batch's
+ * lineage claims become confirmed: a later batch overlapping them is a
+ * duplicate. SS_ERR_CLOSED when the router is gone. */
 ss_err ss_consumer_ack(ss_consumer_t *c, uint64_t tag);
+
+/* Acknowledge a delivery this consumer did not accept (it failed
+ * authentication, does not decode, is a replay): an ACK flagged
+ * SS_LINK_REJECTED, so the router forgets the batch's lineage claims and a
+ * real batch with that lineage is not taken for a duplicate. Errors as
+ * ss_consumer_ack. */
+ss_err ss_consumer_reject(ss_consumer_t *c, uint64_t tag);
 
 /* Send a heartbeat if one is due and read pending control messages without
  * blocking (deliveries are buffered for the next recv). Does not run the

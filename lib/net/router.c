@@ -29,7 +29,11 @@
 
 #define ROUTER_BURST 64            /* messages read from each socket per round */
 #define ROUTER_LINGER_MS 500       /* to flush the last receipts and EOS at close */
-#define ROUTER_RCVHWM 1000
+/* Complete messages libzmq queues per connection before it stops reading
+ * that peer's socket (TCP backpressure): with ROUTER_MAX_FRAME, what a peer
+ * can make the router buffer below the state machine. An honest peer never
+ * needs more: the state reads every message at once. */
+#define ROUTER_RCVHWM 16
 /* The socket drops a peer sending a frame above this; messages between
  * SS_MAX_MESSAGE and this are read, refused and counted by the state. */
 #define ROUTER_MAX_FRAME (2 * (int64_t)SS_MAX_MESSAGE)
@@ -78,6 +82,7 @@ void ss_router_opts_init(ss_router_opts *o)
     o->name = "router";
     o->stream = SS_DEFAULT_STREAM;
     o->max_bytes = (size_t)64 << 20;
+    o->max_window = SS_DEFAULT_MAX_WINDOW;
     o->heartbeat_ms = ss_env_int("SS_HEARTBEAT_MS", SS_DEFAULT_HEARTBEAT_MS);
     o->liveness_ms = ss_env_int("SS_LIVENESS_MS", SS_DEFAULT_LIVENESS_MS);
     o->linger_ms = 0;
@@ -424,6 +429,11 @@ static ss_err check_opts(const ss_router_opts *o, int has_key, int has_allow,
         ss_say(err, errlen, "CurveZMQ on the router needs both its secret key file "
                "(--curve-key) and the allow-list of client keys (--curve-allow); only %s "
                "was given", has_key ? "the key" : "the allow-list");
+        return SS_ERR_USAGE;
+    }
+    if (o->max_window == 0 || o->max_window > SS_MAX_WINDOW) {
+        ss_say(err, errlen, "the largest producer window must be from 1 to %u, not %u",
+               (unsigned)SS_MAX_WINDOW, o->max_window);
         return SS_ERR_USAGE;
     }
     if (o->heartbeat_ms <= 0 || o->liveness_ms <= o->heartbeat_ms || o->linger_ms < 0) {

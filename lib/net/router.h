@@ -18,6 +18,8 @@ typedef struct {
     const char *name;       /* for logs */
     uint32_t stream;        /* pipeline id */
     size_t max_bytes;       /* bound on held batches (default 64 MiB) */
+    unsigned max_window;    /* the largest window granted to a producer
+                               (default SS_DEFAULT_MAX_WINDOW, at most SS_MAX_WINDOW) */
     int heartbeat_ms;       /* default 250 */
     int liveness_ms;        /* default 10000 */
     int linger_ms;          /* after end of stream, keep answering late
@@ -29,6 +31,7 @@ typedef struct {
 } ss_router_opts;
 
 /* Defaults: name "router", stream SS_DEFAULT_STREAM, max_bytes 64 MiB,
+ * max_window SS_DEFAULT_MAX_WINDOW,
  * heartbeat 250 ms and liveness 10000 ms (or SS_HEARTBEAT_MS / SS_LIVENESS_MS
  * from the environment), linger 0; no addresses. */
 void ss_router_opts_init(ss_router_opts *o);
@@ -63,6 +66,14 @@ typedef struct {
     uint64_t batches_in;     /* DATA batches accepted (duplicates excluded) */
     uint64_t batches_out;    /* DATA deliveries, re-deliveries included */
     uint64_t duplicates;     /* batches dropped by lineage deduplication */
+    uint64_t parked;         /* batches that waited for another batch's pending lineage
+                                claims to be confirmed or rejected */
+    uint64_t rejected;       /* deliveries a consumer acknowledged REJECTED (their lineage
+                                claims were forgotten) */
+    uint64_t overruns;       /* PUBLISHes beyond the producer's window: dropped unread */
+    uint64_t evicted;        /* producer memberships ended for overrunning their window */
+    uint64_t joins_deferred; /* producer JOINs answered only once held bytes were back
+                                under the bound */
     uint64_t redelivered;    /* batches returned to the queue by a consumer's death */
     uint64_t refused;        /* messages not in our format, another stream, too big */
     uint64_t auth_refused;   /* CurveZMQ: handshakes refused (key not allowed, or

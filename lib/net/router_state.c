@@ -5,15 +5,23 @@
  * callback, so router.c binds it to two ROUTER sockets and the tests drive
  * it with a recorder and a hand-moved clock.
  *
- * What lives here: members (JOIN, heartbeats, liveness, death and burial),
- * batches (the queue, each consumer's unacknowledged list, a free list), the
- * lineage set that deduplicates, credit dispatch, receipts and backpressure,
- * end of stream, and the merged statistics that the end of stream carries.
+ * What lives here: members (JOIN, heartbeats, liveness, death and burial,
+ * producers' windows and eviction), batches (the queue, the parked list,
+ * each consumer's unacknowledged list, a free list), the lineage claims that
+ * deduplicate, credit dispatch, receipts and backpressure, end of stream,
+ * and the merged statistics that the end of stream carries.
  *
  * Invariants:
- *  - a batch is in exactly one place: the queue, one consumer's unacked list,
- *    or the free list; bytes_held is the size of the first two;
- *  - every (source, seq) of an accepted batch is in `seen`, forever;
+ *  - a batch is in exactly one place: the queue, the parked list, one
+ *    consumer's unacked list, or the free list; bytes_held is the size of
+ *    the first three;
+ *  - every (source, seq) of a queued or delivered batch is claimed by it
+ *    (pending) or by an earlier batch that was acknowledged (confirmed); a
+ *    parked batch overlaps pending claims only, and claims nothing; a
+ *    confirmed claim stays forever, a pending one is forgotten when its batch
+ *    is acknowledged REJECTED;
+ *  - a producer has at most `window` PUBLISHes read and not receipted
+ *    (inflight); one more is an overrun and is never stored;
  *  - receipts to one producer leave in publish order: once one is withheld,
  *    later ones queue behind it;
  *  - a member marked gone is buried (its batches re-queued, its receipts
@@ -23,9 +31,11 @@
  *
  * Memory: batches are held as the zmq_msg_t frames received (no copy; a
  * DELIVER sends zmq_msg_copy references). Held bytes stay below max_bytes
- * plus the windows of honest producers; the lineage set costs 16 bytes per
- * accepted id (open addressing, load at most 3/4); the merged statistics are
- * bounded by STATS_MAX_BYTES and the members by MAX_MEMBERS.
+ * plus one window of batches per producer that was a member when the router
+ * was last under max_bytes (a producer joining while over it waits for its
+ * WELCOME); the claims cost 32 bytes per accepted id (open addressing, load
+ * at most 3/4); the merged statistics are bounded by STATS_MAX_BYTES and the
+ * members by MAX_MEMBERS.
  */
 #include "net/router_state.h"
 
@@ -42,11 +52,13 @@
 #define LOG_LIMIT 10                      /* first occurrences logged per kind of event */
 #define MAX_MEMBERS 4096                  /* live peers */
 #define MAX_KNOWN 65536                   /* producer ids remembered for end of stream */
-#define MAX_WITHHELD 65536                /* withheld receipts */
+#define MAX_WITHHELD (1u << 20)           /* withheld receipts (at most the windows of
+                                             the live producers) */
+#define MAX_WAITING 64                    /* producer JOINs waiting for the bound */
 #define MAX_CREDIT (1u << 20)             /* credit a consumer may accumulate */
 #define MAX_FREE_BATCHES 1024             /* recycled batch records kept */
 #define SEEN_MIN_SLOTS 1024
-#define SEEN_MAX_SLOTS ((size_t)1 << 26)  /* 1 GiB of lineage ids */
+#define SEEN_MAX_SLOTS ((size_t)1 << 25)  /* 1 GiB of lineage claims */
 #define STATS_MAX_BYTES (SS_MAX_MESSAGE / 2)
 
 /* ---- batches ---- */
@@ -58,6 +70,8 @@ struct batch {
     size_t bytes;        /* sum of the three frames */
     uint16_t flags;      /* SS_LINK_REDELIVERED once it went back to the queue */
     uint64_t tag;        /* delivery tag while delivered */
+    uint64_t producer;   /* id of the member that published it */
+    uint64_t seq;        /* its stream header's sequence number, for logs */
 };
 
 typedef struct {
@@ -103,14 +117,29 @@ static void blist_remove(blist *l, batch *b)
     l->n--;
 }
 
-/* ---- the lineage set: open addressing, linear probing, (0,0) kept aside ---- */
+/* ---- lineage claims: open addressing, linear probing, (0,0) kept aside ----
+ *
+ * A claim says that one batch this router accepted covers a (source, seq)
+ * lineage id. It is *pending* while that batch is queued or delivered and not
+ * yet acknowledged (owner points at it), *confirmed* once a consumer
+ * acknowledged it without REJECTED (owner NULL), and forgotten when a
+ * consumer acknowledged it REJECTED. */
+
+typedef struct batch batch;
 
 typedef struct {
-    ss_lineage_id *slot;
+    ss_lineage_id id;
+    uint64_t producer;   /* id of the member that published the claiming batch */
+    batch *owner;        /* pending: the claiming batch; NULL once confirmed */
+} claim;
+
+typedef struct {
+    claim *slot;
     size_t cap;          /* power of two, or 0 */
     size_t n;
     int has_zero;
-} idset;
+    claim zero;          /* the claim of id (0,0), which marks empty slots */
+} claimset;
 
 static size_t id_hash(ss_lineage_id id)
 {
@@ -128,31 +157,36 @@ static int id_zero(ss_lineage_id id)
     return id.source == 0 && id.seq == 0;
 }
 
-static int idset_has(const idset *s, ss_lineage_id id)
+static int id_eq(ss_lineage_id a, ss_lineage_id b)
+{
+    return a.source == b.source && a.seq == b.seq;
+}
+
+/* The claim on `id`, or NULL. */
+static claim *claims_find(claimset *s, ss_lineage_id id)
 {
     if (id_zero(id))
-        return s->has_zero;
+        return s->has_zero ? &s->zero : NULL;
     if (s->cap == 0)
-        return 0;
+        return NULL;
     for (size_t i = id_hash(id) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        ss_lineage_id e = s->slot[i];
-        if (id_zero(e))
-            return 0;
-        if (e.source == id.source && e.seq == id.seq)
-            return 1;
+        if (id_zero(s->slot[i].id))
+            return NULL;
+        if (id_eq(s->slot[i].id, id))
+            return &s->slot[i];
     }
 }
 
-static void idset_place(ss_lineage_id *slot, size_t cap, ss_lineage_id id)
+static void claims_place(claim *slot, size_t cap, claim c)
 {
-    size_t i = id_hash(id) & (cap - 1);
-    while (!id_zero(slot[i]))
+    size_t i = id_hash(c.id) & (cap - 1);
+    while (!id_zero(slot[i].id))
         i = (i + 1) & (cap - 1);
-    slot[i] = id;
+    slot[i] = c;
 }
 
-/* Room for one more id. -1 when the hard bound is reached or memory is out. */
-static int idset_reserve(idset *s, size_t more)
+/* Room for `more` claims. -1 when the hard bound is reached or memory is out. */
+static int claims_reserve(claimset *s, size_t more)
 {
     if ((s->n + more) * 4 <= s->cap * 3)
         return 0;
@@ -161,27 +195,54 @@ static int idset_reserve(idset *s, size_t more)
         cap *= 2;
     if (cap > SEEN_MAX_SLOTS)
         return -1;
-    ss_lineage_id *slot = calloc(cap, sizeof *slot);
+    claim *slot = calloc(cap, sizeof *slot);
     if (!slot)
         return -1;
     for (size_t i = 0; i < s->cap; i++)
-        if (!id_zero(s->slot[i]))
-            idset_place(slot, cap, s->slot[i]);
+        if (!id_zero(s->slot[i].id))
+            claims_place(slot, cap, s->slot[i]);
     free(s->slot);
     s->slot = slot;
     s->cap = cap;
     return 0;
 }
 
-/* The caller reserved room and checked the id is absent. */
-static void idset_add(idset *s, ss_lineage_id id)
+/* The caller reserved room and checked the id is not claimed. */
+static void claims_add(claimset *s, ss_lineage_id id, uint64_t producer, batch *owner)
 {
+    claim c = { id, producer, owner };
     if (id_zero(id)) {
+        s->zero = c;
         s->has_zero = 1;
         return;
     }
-    idset_place(s->slot, s->cap, id);
+    claims_place(s->slot, s->cap, c);
     s->n++;
+}
+
+/* Forget the claim on `id` (backward-shift deletion keeps every probe
+ * sequence unbroken). */
+static void claims_remove(claimset *s, ss_lineage_id id)
+{
+    if (id_zero(id)) {
+        s->has_zero = 0;
+        return;
+    }
+    claim *c = claims_find(s, id);
+    if (!c)
+        return;
+    size_t mask = s->cap - 1, hole = (size_t)(c - s->slot);
+    for (size_t i = (hole + 1) & mask; !id_zero(s->slot[i].id); i = (i + 1) & mask) {
+        size_t home = id_hash(s->slot[i].id) & mask;
+        /* Move slot i into the hole unless its home lies cyclically in (hole, i]. */
+        int stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
+        if (!stays) {
+            s->slot[hole] = s->slot[i];
+            hole = i;
+        }
+    }
+    memset(&s->slot[hole], 0, sizeof s->slot[hole]);
+    s->n--;
 }
 
 /* ---- members ---- */
@@ -197,6 +258,9 @@ typedef struct {
     int64_t heard, sent;    /* last message from it, to it */
     int gone;               /* declared dead or left; buried at the end of the call */
     char why[64];           /* reason, for the log */
+    uint32_t window;        /* producer: unreceipted batches granted at WELCOME */
+    uint32_t inflight;      /* producer: PUBLISHes read and not yet receipted */
+    uint64_t overruns;      /* producer: PUBLISHes beyond its window */
     uint32_t credit;        /* consumer: batches it may still be sent */
     uint64_t wait_seq;      /* consumer: smaller has waited longer */
     blist unacked;          /* consumer: delivered, not acknowledged */
@@ -211,6 +275,7 @@ typedef struct {
     uint8_t listed;         /* named in some EOS members list */
     uint8_t sent_eos;       /* its EOS was received */
     int64_t listed_at;
+    char name[64];          /* from its last JOIN, for logs after it left */
 } known;
 
 typedef struct {
@@ -231,19 +296,25 @@ struct ss_router_state {
     uint32_t stream;
     uint64_t self_id;
     size_t max_bytes;
+    uint32_t max_window;
     int heartbeat_ms, liveness_ms;
     int64_t now;
 
     member **mem;
     size_t nmem, capmem;
 
+    member *waiting[MAX_WAITING]; /* producers whose JOIN came while over the bound:
+                               not members yet, welcomed (in order) once under it */
+    size_t nwaiting;
+
     blist queue;            /* batches waiting for a consumer */
+    blist parked;           /* batches whose lineage overlaps pending claims only */
     size_t unacked;         /* delivered, not yet acknowledged, over all consumers */
     batch *free_batches;
     size_t nfree;
     uint64_t next_tag;      /* last delivery tag given */
     uint64_t wait_counter;
-    idset seen;
+    claimset claims;        /* lineage ids of accepted batches: pending or confirmed */
 
     receipt *rc;            /* withheld receipts, FIFO in rc[rc_start .. rc_start + rc_n) */
     size_t rc_start, rc_n, rc_cap;
@@ -260,7 +331,8 @@ struct ss_router_state {
     zmq_msg_t eos[3];       /* the EOS this router delivers */
 
     ss_router_stats st;
-    uint64_t log_refused, log_stranger, log_odd;
+    uint64_t log_refused, log_stranger, log_odd, log_dup, log_overrun, log_evicted,
+             log_rejected, log_deferred;
 };
 
 static const char *role_name(int side)
@@ -401,10 +473,18 @@ static int over_bound(const ss_router_state_t *s)
     return s->st.bytes_held > s->max_bytes;
 }
 
+/* A RECEIPT leaves: the producer's window opens by one. */
+static void receipt_emit(ss_router_state_t *s, member *m, uint64_t pubseq, uint16_t flags)
+{
+    if (m->inflight > 0)
+        m->inflight--;
+    emit(s, m, SS_LINK_RECEIPT, flags, 0, pubseq, NULL);
+}
+
 static void receipt_send(ss_router_state_t *s, member *m, uint64_t pubseq, uint16_t flags)
 {
     if (s->rc_n == 0 && !over_bound(s)) {
-        emit(s, m, SS_LINK_RECEIPT, flags, 0, pubseq, NULL);
+        receipt_emit(s, m, pubseq, flags);
         return;
     }
     if (s->rc_start + s->rc_n == s->rc_cap) {
@@ -415,7 +495,9 @@ static void receipt_send(ss_router_state_t *s, member *m, uint64_t pubseq, uint1
             size_t cap = s->rc_cap ? 2 * s->rc_cap : 64;
             receipt *r = cap <= MAX_WITHHELD ? realloc(s->rc, cap * sizeof *r) : NULL;
             if (!r) {
-                /* Only a producer ignoring its window gets here. */
+                /* Windows make this unreachable short of memory running out. */
+                if (m->inflight > 0)
+                    m->inflight--;
                 s->st.refused++;
                 ss_log_limited(&s->log_odd, LOG_LIMIT, "%s %s: more than %d receipts withheld; "
                                "dropped its batch %llu without receipt", role_name(m->side),
@@ -434,7 +516,7 @@ static void receipts_release(ss_router_state_t *s)
     while (s->rc_n > 0 && !over_bound(s)) {
         receipt r = s->rc[s->rc_start++];
         s->rc_n--;
-        emit(s, r.m, SS_LINK_RECEIPT, r.flags, 0, r.pubseq, NULL);
+        receipt_emit(s, r.m, r.pubseq, r.flags);
     }
     if (s->rc_n == 0)
         s->rc_start = 0;
@@ -636,7 +718,7 @@ static ss_err build_eos(ss_router_state_t *s, size_t nconsumers, char *why, size
 static void check_end(ss_router_state_t *s)
 {
     if (s->phase == PHASE_RUNNING) {
-        if (!s->eos_seen || s->queue.n || s->unacked)
+        if (!s->eos_seen || s->queue.n || s->unacked || s->parked.n)
             return;
         for (size_t i = 0; i < s->nknown; i++) {
             known *k = &s->known[i];
@@ -683,12 +765,17 @@ static void check_end(ss_router_state_t *s)
     }
 }
 
+static void resolve_parked(ss_router_state_t *s);
+static void admit_waiting(ss_router_state_t *s);
+
 static void settle(ss_router_state_t *s)
 {
     do {
+        resolve_parked(s);
         dispatch(s);
         check_end(s);
         receipts_release(s);
+        admit_waiting(s);
     } while (reap(s));
 }
 
@@ -832,36 +919,172 @@ static int check_publish(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_m
     return 0;
 }
 
-/* A DATA batch that passed the checks: dropped as a duplicate when its
- * lineage overlaps what was accepted, else queued (its frames moved out of
- * parts) and its ids remembered. Receipted either way. */
-static void accept_data(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_msg_t *parts,
-                        size_t bytes, size_t nids)
+/* ---- lineage claims of batches ---- */
+
+enum { LIN_FREE, LIN_PENDING, LIN_CONFIRMED };
+
+/* How a lineage frame stands against the claims: LIN_CONFIRMED when an id
+ * is claimed by an acknowledged batch (*hit is that claim), LIN_PENDING when
+ * ids are claimed only by batches not acknowledged yet, else LIN_FREE. */
+static int lineage_state(ss_router_state_t *s, const void *lin, size_t nids, claim **hit)
 {
-    const void *lin = zmq_msg_data(&parts[1]);
+    int st = LIN_FREE;
     for (size_t i = 0; i < nids; i++) {
-        if (idset_has(&s->seen, ss_lineage_get(lin, i))) {
-            s->st.duplicates++;
-            receipt_send(s, m, pubseq, 0);
-            return;
+        claim *c = claims_find(&s->claims, ss_lineage_get(lin, i));
+        if (!c)
+            continue;
+        if (!c->owner) {
+            *hit = c;
+            return LIN_CONFIRMED;
         }
+        st = LIN_PENDING;
     }
-    batch *b = NULL;
-    if (idset_reserve(&s->seen, nids) != 0 || !(b = batch_new(s))) {
-        refuse_batch(s, m, pubseq, "out of memory (lineage set or batch record)");
+    return st;
+}
+
+static size_t batch_nids(const batch *b)
+{
+    return zmq_msg_size((zmq_msg_t *)&b->part[1]) / SS_LINEAGE_ENTRY;
+}
+
+/* "NAME (id HEX)" of a producer that joined (live or not), else "id HEX". */
+static void producer_str(ss_router_state_t *s, uint64_t id, char *out, size_t len)
+{
+    member *p = find_producer(s, id);
+    known *k = p ? NULL : find_known(s, id, 0);
+    if (p || (k && k->name[0]))
+        snprintf(out, len, "%s (id %016llx)", p ? p->name : k->name, (unsigned long long)id);
+    else
+        snprintf(out, len, "id %016llx", (unsigned long long)id);
+}
+
+/* A batch of `producer` overlaps the confirmed claim c: counted and logged
+ * (first ones), naming both producers. */
+static void log_duplicate(ss_router_state_t *s, uint64_t producer, uint64_t seq, const claim *c)
+{
+    char a[96], b[96];
+    s->st.duplicates++;
+    if (s->log_dup >= LOG_LIMIT) {
+        s->log_dup++;
         return;
     }
-    for (size_t i = 0; i < nids; i++)
-        idset_add(&s->seen, ss_lineage_get(lin, i));
+    producer_str(s, producer, a, sizeof a);
+    producer_str(s, c->producer, b, sizeof b);
+    ss_log_limited(&s->log_dup, LOG_LIMIT, "dropped batch %llu of producer %s: lineage %016llx#%llu "
+                   "already accepted from producer %s", (unsigned long long)seq, a,
+                   (unsigned long long)c->id.source, (unsigned long long)c->id.seq, b);
+}
+
+/* Claim every id of b's lineage for b (pending). The caller reserved room. */
+static void claim_batch(ss_router_state_t *s, batch *b)
+{
+    const void *lin = zmq_msg_data(&b->part[1]);
+    for (size_t i = 0; i < batch_nids(b); i++)
+        claims_add(&s->claims, ss_lineage_get(lin, i), b->producer, b);
+}
+
+/* b was acknowledged: its pending claims become confirmed, or are
+ * forgotten when the consumer rejected it. */
+static void settle_claims(ss_router_state_t *s, batch *b, int rejected)
+{
+    const void *lin = zmq_msg_data(&b->part[1]);
+    for (size_t i = 0; i < batch_nids(b); i++) {
+        ss_lineage_id id = ss_lineage_get(lin, i);
+        claim *c = claims_find(&s->claims, id);
+        if (!c || c->owner != b)
+            continue;
+        if (rejected)
+            claims_remove(&s->claims, id);
+        else
+            c->owner = NULL;
+    }
+}
+
+/* Parked batches whose blocking claims were settled: dropped as duplicates
+ * when one became confirmed, queued when all were forgotten. In order, so
+ * that of two parked batches that overlap, the older claims first. */
+static void resolve_parked(ss_router_state_t *s)
+{
+    batch *next;
+    for (batch *b = s->parked.head; b; b = next) {
+        next = b->next;
+        claim *hit = NULL;
+        int st = lineage_state(s, zmq_msg_data(&b->part[1]), batch_nids(b), &hit);
+        if (st == LIN_PENDING)
+            continue;
+        if (st == LIN_FREE && claims_reserve(&s->claims, batch_nids(b)) != 0) {
+            ss_log_limited(&s->log_odd, LOG_LIMIT, "out of memory for lineage claims; batch %llu "
+                           "stays parked", (unsigned long long)b->seq);
+            continue;
+        }
+        blist_remove(&s->parked, b);
+        if (st == LIN_CONFIRMED) {
+            log_duplicate(s, b->producer, b->seq, hit);
+            s->st.bytes_held -= b->bytes;
+            batch_release(s, b);
+        } else {
+            claim_batch(s, b);
+            blist_push_tail(&s->queue, b);
+            s->st.batches_in++;
+        }
+    }
+}
+
+/* A DATA batch that passed the checks (its frames are moved out of parts
+ * unless it is dropped): dropped as a duplicate when its lineage overlaps a
+ * confirmed claim; queued with its ids claimed when none is claimed; else
+ * parked until the pending claims it overlaps are settled. Receipted in
+ * every case. */
+static void accept_data(ss_router_state_t *s, member *m, uint64_t pubseq, const ss_header_t *h,
+                        zmq_msg_t *parts, size_t bytes, size_t nids)
+{
+    claim *hit = NULL;
+    int st = lineage_state(s, zmq_msg_data(&parts[1]), nids, &hit);
+    if (st == LIN_CONFIRMED) {
+        log_duplicate(s, m->id, h->seq, hit);
+        receipt_send(s, m, pubseq, 0);
+        return;
+    }
+    batch *b = NULL;
+    if (claims_reserve(&s->claims, nids) != 0 || !(b = batch_new(s))) {
+        refuse_batch(s, m, pubseq, "out of memory (lineage claims or batch record)");
+        return;
+    }
     for (int i = 0; i < 3; i++)
         zmq_msg_move(&b->part[i], &parts[i]);
     b->bytes = bytes;
-    blist_push_tail(&s->queue, b);
-    s->st.batches_in++;
+    b->producer = m->id;
+    b->seq = h->seq;
     s->st.bytes_held += bytes;
     if (s->st.bytes_held > s->st.bytes_held_max)
         s->st.bytes_held_max = s->st.bytes_held;
+    if (st == LIN_FREE) {
+        claim_batch(s, b);
+        blist_push_tail(&s->queue, b);
+        s->st.batches_in++;
+    } else {
+        blist_push_tail(&s->parked, b);
+        s->st.parked++;
+    }
     receipt_send(s, m, pubseq, 0);
+}
+
+/* A PUBLISH beyond the producer's window: not read, counted, the first ones
+ * logged; more overruns than its window ends the membership (eviction). */
+static void overrun(ss_router_state_t *s, member *m, uint64_t pubseq)
+{
+    s->st.overruns++;
+    m->overruns++;
+    ss_log_limited(&s->log_overrun, LOG_LIMIT, "producer %s (id %016llx) sent batch %llu beyond "
+                   "its window of %u unreceipted batches: dropped unread", m->name,
+                   (unsigned long long)m->id, (unsigned long long)pubseq, m->window);
+    if (m->overruns <= m->window)
+        return;
+    s->st.evicted++;
+    ss_log_limited(&s->log_evicted, LOG_LIMIT, "evicted producer %s (id %016llx): %llu batches "
+                   "beyond its window of %u; its messages other than JOIN are ignored", m->name,
+                   (unsigned long long)m->id, (unsigned long long)m->overruns, m->window);
+    declare_dead(m, "evicted for overrunning its window");
 }
 
 static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_msg_t *parts,
@@ -869,6 +1092,11 @@ static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_
 {
     ss_header_t h;
     size_t bytes, nids;
+    if (m->inflight >= m->window) {
+        overrun(s, m, l->tag);
+        return;
+    }
+    m->inflight++;   /* every path below sends (or withholds) exactly one receipt */
     if (check_publish(s, m, l->tag, parts, nparts, &h, &bytes, &nids) != 0)
         return;
     if (h.type == SS_MSG_EOS)
@@ -876,10 +1104,12 @@ static void on_publish(ss_router_state_t *s, member *m, const ss_link_t *l, zmq_
     else if (s->phase != PHASE_RUNNING)
         refuse_batch(s, m, l->tag, "data after end of stream");
     else
-        accept_data(s, m, l->tag, parts, bytes, nids);
+        accept_data(s, m, l->tag, &h, parts, bytes, nids);
 }
 
-static void on_ack(ss_router_state_t *s, member *c, uint64_t tag)
+/* An ACK: the delivery is done with. Its lineage claims are confirmed, or
+ * forgotten when flagged REJECTED (the consumer did not accept the batch). */
+static void on_ack(ss_router_state_t *s, member *c, uint64_t tag, uint16_t flags)
 {
     if (c->eos == EOS_SENT && tag == c->eos_tag) {
         c->eos = EOS_ACKED;
@@ -891,6 +1121,16 @@ static void on_ack(ss_router_state_t *s, member *c, uint64_t tag)
         blist_remove(&c->unacked, b);
         s->unacked--;
         s->st.bytes_held -= b->bytes;
+        int rejected = (flags & SS_LINK_REJECTED) != 0;
+        if (rejected) {
+            char who[96];
+            producer_str(s, b->producer, who, sizeof who);
+            s->st.rejected++;
+            ss_log_limited(&s->log_rejected, LOG_LIMIT, "consumer %s rejected batch %llu of "
+                           "producer %s; its lineage claims are forgotten", c->name,
+                           (unsigned long long)b->seq, who);
+        }
+        settle_claims(s, b, rejected);
         batch_release(s, b);
         return;
     }
@@ -899,19 +1139,11 @@ static void on_ack(ss_router_state_t *s, member *c, uint64_t tag)
 }
 
 /* A new member from a JOIN that was accepted: its routing id, its id and
- * its printable name (the JOIN's second frame, else the id in hex). NULL
- * when memory is out. */
+ * its printable name (the JOIN's second frame, else the id in hex). Not yet
+ * in s->mem (member_add). NULL when memory is out. */
 static member *member_new(ss_router_state_t *s, int side, const void *ident, size_t idlen,
                           uint64_t id, zmq_msg_t *name_frame)
 {
-    if (s->nmem == s->capmem) {
-        size_t cap = s->capmem ? 2 * s->capmem : 16;
-        member **mm = realloc(s->mem, cap * sizeof *mm);
-        if (!mm)
-            return NULL;
-        s->mem = mm;
-        s->capmem = cap;
-    }
     member *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
@@ -928,9 +1160,64 @@ static member *member_new(ss_router_state_t *s, int side, const void *ident, siz
     }
     if (n == 0)
         snprintf(m->name, sizeof m->name, "%016llx", (unsigned long long)m->id);
-    m->heard = m->sent = s->now;
-    s->mem[s->nmem++] = m;
     return m;
+}
+
+/* Make m a member and welcome it (with its window, for a producer). -1
+ * (m freed) when memory is out. */
+static int member_add(ss_router_state_t *s, member *m)
+{
+    if (s->nmem == s->capmem) {
+        size_t cap = s->capmem ? 2 * s->capmem : 16;
+        member **mm = realloc(s->mem, cap * sizeof *mm);
+        if (!mm) {
+            ss_log_limited(&s->log_odd, LOG_LIMIT, "out of memory for member %s", m->name);
+            free(m);
+            return -1;
+        }
+        s->mem = mm;
+        s->capmem = cap;
+    }
+    s->mem[s->nmem++] = m;
+    m->heard = m->sent = s->now;
+    if (m->side == SS_SIDE_FRONTEND) {
+        known *k = find_known(s, m->id, 1);
+        if (k) {
+            k->joined = 1;
+            memcpy(k->name, m->name, sizeof k->name);
+        }
+    } else if (s->phase != PHASE_RUNNING) {
+        m->eos = EOS_PENDING;   /* late: gets the EOS flagged LATE */
+    }
+    ss_log_info("%s %s (id %016llx) joined", role_name(m->side), m->name,
+                (unsigned long long)m->id);
+    emit(s, m, SS_LINK_WELCOME, 0, m->side == SS_SIDE_FRONTEND ? m->window : 0, s->self_id, NULL);
+    return 0;
+}
+
+/* Producers that joined while the router was over its bound become members
+ * once it is back under it, in the order they came. */
+static void admit_waiting(ss_router_state_t *s)
+{
+    while (s->nwaiting > 0 && !over_bound(s)) {
+        member *m = s->waiting[0];
+        memmove(s->waiting, s->waiting + 1, --s->nwaiting * sizeof *s->waiting);
+        member_add(s, m);
+    }
+}
+
+/* A waiting JOIN from this routing id, which a new JOIN replaces. */
+static void drop_waiting(ss_router_state_t *s, const void *ident, size_t idlen)
+{
+    for (size_t i = 0; i < s->nwaiting; i++) {
+        member *m = s->waiting[i];
+        if (m->idlen != idlen || memcmp(m->ident, ident, idlen) != 0)
+            continue;
+        free(m);
+        memmove(s->waiting + i, s->waiting + i + 1, (s->nwaiting - i - 1) * sizeof *s->waiting);
+        s->nwaiting--;
+        return;
+    }
 }
 
 static void on_join(ss_router_state_t *s, int side, const void *ident, size_t idlen,
@@ -950,7 +1237,8 @@ static void on_join(ss_router_state_t *s, int side, const void *ident, size_t id
         declare_dead(old, "joined again: the earlier membership ends");
         reap(s);
     }
-    size_t live = 0;
+    drop_waiting(s, ident, idlen);
+    size_t live = s->nwaiting;
     for (size_t i = 0; i < s->nmem; i++)
         live += !s->mem[i]->gone;
     if (live >= MAX_MEMBERS) {
@@ -963,14 +1251,27 @@ static void on_join(ss_router_state_t *s, int side, const void *ident, size_t id
         return;
     }
     if (side == SS_SIDE_FRONTEND) {
-        known *k = find_known(s, m->id, 1);
-        if (k)
-            k->joined = 1;
-    } else if (s->phase != PHASE_RUNNING) {
-        m->eos = EOS_PENDING;   /* late: gets the EOS flagged LATE */
+        uint32_t asked = l->flags ? l->flags : SS_DEFAULT_WINDOW;
+        m->window = asked < s->max_window ? asked : s->max_window;
+        if (over_bound(s)) {
+            /* A new membership brings a new window: not while over the bound,
+             * or leaving and joining again would add a window each time. */
+            if (s->nwaiting == MAX_WAITING) {
+                free(m);
+                refuse(s, side, ident, idlen, "JOIN while over the bound, with %d JOINs waiting "
+                       "already", MAX_WAITING);
+                return;
+            }
+            s->waiting[s->nwaiting++] = m;
+            s->st.joins_deferred++;
+            ss_log_limited(&s->log_deferred, LOG_LIMIT, "producer %s (id %016llx) is welcomed "
+                           "once the router holds at most %zu bytes (it holds %llu)", m->name,
+                           (unsigned long long)m->id, s->max_bytes,
+                           (unsigned long long)s->st.bytes_held);
+            return;
+        }
     }
-    ss_log_info("%s %s (id %016llx) joined", role_name(side), m->name, (unsigned long long)m->id);
-    emit(s, m, SS_LINK_WELCOME, 0, 0, s->self_id, NULL);
+    member_add(s, m);
 }
 
 void ss_router_state_input(ss_router_state_t *s, int side, const void *ident, size_t idlen,
@@ -1023,7 +1324,7 @@ void ss_router_state_input(ss_router_state_t *s, int side, const void *ident, si
         if (front || nparts != 1)
             refuse(s, side, ident, idlen, "malformed ACK");
         else
-            on_ack(s, m, l.tag);
+            on_ack(s, m, l.tag, l.flags);
         break;
     default:
         refuse(s, side, ident, idlen, "a peer may not send kind %u", l.kind);
@@ -1096,6 +1397,8 @@ ss_err ss_router_state_new(const ss_router_opts *o, uint64_t self_id,
     s->stream = o->stream;
     s->self_id = self_id;
     s->max_bytes = o->max_bytes;
+    s->max_window = o->max_window == 0 ? SS_DEFAULT_MAX_WINDOW
+                  : o->max_window > SS_MAX_WINDOW ? SS_MAX_WINDOW : o->max_window;
     s->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : SS_DEFAULT_HEARTBEAT_MS;
     s->liveness_ms = o->liveness_ms > s->heartbeat_ms ? o->liveness_ms : 2 * s->heartbeat_ms;
     ss_growbuf_init(&s->stats, NULL, STATS_MAX_BYTES);
@@ -1120,17 +1423,22 @@ void ss_router_state_destroy(ss_router_state_t **sp)
         free(m);
     }
     free(s->mem);
-    while (s->queue.head) {
-        batch *b = s->queue.head;
-        blist_remove(&s->queue, b);
-        batch_free(b);
+    blist *lists[] = { &s->queue, &s->parked };
+    for (size_t i = 0; i < 2; i++) {
+        while (lists[i]->head) {
+            batch *b = lists[i]->head;
+            blist_remove(lists[i], b);
+            batch_free(b);
+        }
     }
+    for (size_t i = 0; i < s->nwaiting; i++)
+        free(s->waiting[i]);
     while (s->free_batches) {
         batch *b = s->free_batches;
         s->free_batches = b->next;
         batch_free(b);
     }
-    free(s->seen.slot);
+    free(s->claims.slot);
     free(s->rc);
     free(s->known);
     ss_growbuf_cleanup(&s->stats);

@@ -31,6 +31,15 @@
 #define SS_RECORD_AD "securestreams record "
 #define SS_DEFAULT_STREAM 0x53530001u /* pipeline id when none is given (env SS_STREAM) */
 
+/* ---- producer windows (docs/protocol.md, "Router rules" 2) ----
+ * A producer declares its window (unreceipted batches in flight) in the
+ * `flags` of its JOIN, 0 meaning the default; the router grants at most its
+ * own maximum and says so in the `n` of its WELCOME. A PUBLISH beyond the
+ * granted window is an overrun: dropped, counted, and grounds for eviction. */
+#define SS_DEFAULT_WINDOW 8           /* a producer's window when its JOIN declares none */
+#define SS_MAX_WINDOW 1024            /* the largest window a link uses or a router grants */
+#define SS_DEFAULT_MAX_WINDOW 64      /* a router's cap on granted windows (--max-window) */
+
 /* ---- protocol timing (docs/protocol.md, "Router rules" 1) ---- */
 #define SS_DEFAULT_HEARTBEAT_MS 250   /* send a HEARTBEAT after this long without sending */
 #define SS_DEFAULT_LIVENESS_MS 10000  /* a peer or router silent this long is dead */
@@ -66,11 +75,15 @@ typedef enum {
 
 /* Link-frame flags. */
 #define SS_LINK_REDELIVERED 0x1   /* DELIVER: the batch went back to the queue once */
-#define SS_LINK_LATE 0x2          /* DELIVER of an EOS: the consumer joined after the end;
-                                     it must not forward it */
+#define SS_LINK_LATE 0x2          /* DELIVER of an EOS: the consumer joined after the end.
+                                     Informational only: not authenticated, so consumers
+                                     forward every EOS (docs/protocol.md, rule 6) */
 #define SS_LINK_REFUSED 0x4       /* RECEIPT: the router did not store the batch (malformed,
                                      oversized, another stream, or after end of stream);
                                      it logged why */
+#define SS_LINK_REJECTED 0x8      /* ACK: the consumer did not accept the batch (failed
+                                     authentication, malformed, a replay): the router
+                                     forgets the batch's lineage claims */
 
 /* Roles, in `n` of a JOIN. */
 #define SS_ROLE_PRODUCER 1
@@ -78,8 +91,8 @@ typedef enum {
 
 typedef struct {
     uint8_t kind;    /* ss_link_kind */
-    uint16_t flags;  /* SS_LINK_* */
-    uint32_t n;      /* credits, or role on JOIN */
+    uint16_t flags;  /* SS_LINK_*, or the producer's window on JOIN */
+    uint32_t n;      /* credits, role on JOIN, granted window on WELCOME */
     uint64_t tag;    /* peer id, publish sequence or delivery tag */
 } ss_link_t;
 

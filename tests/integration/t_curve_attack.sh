@@ -13,7 +13,7 @@
 # same key doing what its role allows.
 # tier: fast
 . "$(dirname "$0")/lib.sh"
-IMPOSTOR="$SS_BUILD/impostor"
+IMPOSTOR="$SS_BUILD/attack/impostor"
 if [ ! -x "$IMPOSTOR" ]; then
     notok "impostor built" "$IMPOSTOR missing (make $IMPOSTOR)"
     exit 0

@@ -122,7 +122,9 @@ local function rig(script)
     if d == TIMEOUT then return nil end
     return d.tag, d.header, d.lineage, d.payload, d.flags
   end
-  function c:ack(tag)
+  c.rejects = {}
+  function c:ack(tag, rejected)
+    if rejected then c.rejects[#c.rejects + 1] = tag end
     for _, out in ipairs(p.outputs) do
       for _, seq in ipairs(out.covers) do
         if seq == tag and out.pubseq >= p.receipted_n then
@@ -261,6 +263,7 @@ test('a rejected, replayed or refused batch is acknowledged at once and produces
   eq(stage.stats.batches, 2, 'batches processed')
   eq(stage.stats.redelivered, 1, 'a rejected redelivered batch still counts as redelivered')
   eq(r.consumer.acks, { 2, 3, 4, 1, 5, EOS_TAG }, 'acknowledgements')
+  eq(r.consumer.rejects, { 2, 3, 4 }, 'flagged REJECTED, so the router forgets their lineage claims')
 end)
 
 ---------------------------------------------------------------------------
@@ -280,10 +283,12 @@ test('the end of stream flushes the open group and publishes the merged statisti
   eq(r.calls[#r.calls], 'ack 1000', 'end of stream acknowledged last')
 end)
 
-test('an end of stream flagged LATE publishes nothing', function()
+test('an end of stream flagged LATE is forwarded like any other (a router may lie)', function()
   local r = run(identity(), { batch(1), eos({ late = true }) }, 32)
-  eq(r.producer.eos, nil, 'no end of stream')
-  eq(r.calls, { 'publish 0', 'drain', 'ack 1', 'ack 1000' }, 'calls')
+  ok(r.producer.eos ~= nil, 'end of stream forwarded')
+  eq(r.producer.eos.members, { SOURCE }, 'members as received')
+  eq(r.calls, { 'publish 0', 'drain', 'ack 1', 'publish_eos', 'drain', 'ack 1000' }, 'calls')
+  eq(r.consumer.rejects, {}, 'nothing acknowledged REJECTED')
 end)
 
 ---------------------------------------------------------------------------
@@ -358,6 +363,7 @@ test('enclave stage, stateless: one output per batch, rejected and empty ones ac
   eq(seen, { { 2, 3 } }, 'acknowledged before anything was receipted')
   eq(coverage(r), { { 1 }, { 4 } }, 'outputs')
   eq(r.consumer.acks, { 2, 3, 1, 4, EOS_TAG }, 'acknowledgements')
+  eq(r.consumer.rejects, { 2 }, 'only the rejected one flagged REJECTED')
   eq(enc.calls, { 'batch 1 seq 0', 'batch 2 seq 1', 'batch 3 seq 2', 'batch 4 seq 3',
                   'finish ' .. net.hex(WORKER) .. ' seq 4', 'close' }, 'enclave calls')
   eq(r.producer.eos.stats[net.hex(WORKER)], { sealed = 'sealed statistics', n = 4 }, 'sealed record')
@@ -377,13 +383,11 @@ test('enclave stage, stateful: groups, a redelivered batch alone, flushed at the
   eq(r.consumer.acks, { 4, 1, 2, 3, 5, 6, EOS_TAG }, 'acknowledgements')
 end)
 
-test('enclave stage: a LATE end of stream is neither decoded nor answered', function()
+test('enclave stage: a LATE end of stream is forwarded like any other', function()
   local enc = enclave(false, {})
-  local late = eos({ late = true })
-  late.raw_payload = 'not MessagePack'
-  local r = run_enclave(enc, { batch(1), late })
-  eq(r.producer.eos, nil, 'no end of stream')
-  eq(enc.calls, { 'batch 1 seq 0', 'close' }, 'enclave calls')
+  local r = run_enclave(enc, { batch(1), eos({ late = true }) })
+  ok(r.producer.eos ~= nil, 'end of stream forwarded')
+  eq(enc.calls, { 'batch 1 seq 0', 'finish ' .. net.hex(WORKER) .. ' seq 1', 'close' }, 'enclave calls')
 end)
 
 ---------------------------------------------------------------------------
