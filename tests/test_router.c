@@ -1688,10 +1688,11 @@ static ss_link_t raw_expect(void *s)
     }
 }
 
-static void raw_publish(void *s, uint64_t pubseq, uint32_t stream, const void *payload, size_t plen)
+static void raw_publish(void *s, uint64_t producer, uint64_t pubseq, uint32_t stream,
+                        const void *payload, size_t plen)
 {
     uint8_t hb[HDR], lin[LIN];
-    ss_header_encode(&(ss_header_t){ SS_MSG_DATA, 0, stream, 1, pubseq, 1, 0 }, hb);
+    ss_header_encode(&(ss_header_t){ SS_MSG_DATA, 0, stream, producer, pubseq, 1, 0 }, hb);
     ss_lineage_put(lin, 0, (ss_lineage_id){ 0xbad, pubseq });
     raw_link(s, SS_LINK_PUBLISH, 0, pubseq, 1);
     assert_int_equal(zmq_send(s, hb, sizeof hb, ZMQ_SNDMORE), (int)sizeof hb);
@@ -1721,7 +1722,7 @@ static void sockets_bad_input_is_refused(void **state)
     raw_link(raw, SS_LINK_JOIN, SS_ROLE_PRODUCER, rid, 1);
     assert_int_equal(zmq_send(raw, "raw", 3, 0), 3);
     assert_int_equal(raw_expect(raw).kind, SS_LINK_WELCOME);
-    raw_publish(raw, 0, STREAM + 1, "x", 1);
+    raw_publish(raw, rid, 0, STREAM + 1, "x", 1);
     ss_link_t l = raw_expect(raw);
     assert_int_equal(l.kind, SS_LINK_RECEIPT);
     assert_int_equal(l.tag, 0);
@@ -1729,7 +1730,7 @@ static void sockets_bad_input_is_refused(void **state)
     size_t bigsize = SS_MAX_MESSAGE + 1024;
     uint8_t *big = calloc(1, bigsize);
     assert_non_null(big);
-    raw_publish(raw, 1, STREAM, big, bigsize);
+    raw_publish(raw, rid, 1, STREAM, big, bigsize);
     l = raw_expect(raw);
     assert_int_equal(l.kind, SS_LINK_RECEIPT);
     assert_int_equal(l.tag, 1);
@@ -1741,11 +1742,18 @@ static void sockets_bad_input_is_refused(void **state)
     assert_non_null(hbuf);
     assert_int_equal(zmq_send(huge, hbuf, hugesize, 0), (int)hugesize);
     /* The member's link is still fine. */
-    raw_publish(raw, 2, STREAM, "ok", 2);
+    raw_publish(raw, rid, 2, STREAM, "ok", 2);
     l = raw_expect(raw);
     assert_int_equal(l.kind, SS_LINK_RECEIPT);
     assert_int_equal(l.tag, 2);
     assert_int_equal(l.flags, 0);
+    /* A batch whose header names another producer (the end of stream is
+     * counted by that field): refused. */
+    raw_publish(raw, rid + 1, 3, STREAM, "ok", 2);
+    l = raw_expect(raw);
+    assert_int_equal(l.kind, SS_LINK_RECEIPT);
+    assert_int_equal(l.tag, 3);
+    assert_int_equal(l.flags, SS_LINK_REFUSED);
     raw_link(raw, SS_LINK_LEAVE, 0, 0, 0);
 
     /* The router survives: a normal stream runs to its end. */
@@ -1756,7 +1764,7 @@ static void sockets_bad_input_is_refused(void **state)
     /* The raw member's accepted batch is processed too, outside the ledger. */
     assert_int_equal(test_router_finish(&sc.rr, 30), SS_OK);
     ss_router_get_stats(sc.rr.r, &st);
-    assert_int_equal(st.refused, 4);   /* garbage, version 7, other stream, too big */
+    assert_int_equal(st.refused, 5);   /* garbage, version 7, other stream, too big, not its own */
     assert_int_equal(st.batches_in, 201);
     for (int p = 0; p < 2; p++) {
         pthread_join(sc.pth[p], NULL);

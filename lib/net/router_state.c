@@ -887,7 +887,7 @@ static void on_eos(ss_router_state_t *s, member *m, uint64_t pubseq, const ss_he
 /* ---- input ---- */
 
 /* The checks every PUBLISH passes: frame count, size, header, stream id,
- * lineage. 0 with *h, *bytes and *nids filled, or -1 once the batch was
+ * the header's producer (the publisher's own id), lineage. 0 with *h, *bytes and *nids filled, or -1 once the batch was
  * refused (and receipted so). */
 static int check_publish(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_msg_t *parts,
                          size_t nparts, ss_header_t *h, size_t *bytes, size_t *nids)
@@ -909,6 +909,12 @@ static int check_publish(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_m
     if (h->stream != s->stream) {
         refuse_batch(s, m, pubseq, "stream id 0x%08x is not this pipeline's 0x%08x", h->stream,
                      s->stream);
+        return -1;
+    }
+    if (h->producer != m->id) {
+        /* the end of stream is counted by this field, and duplicates named by it */
+        refuse_batch(s, m, pubseq, "header names producer %016llx, not the publisher's own id",
+                     (unsigned long long)h->producer);
         return -1;
     }
     if (ss_lineage_check(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), nids) != SS_OK) {
