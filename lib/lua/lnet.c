@@ -176,6 +176,23 @@ static int net_decode(lua_State *L)
     return 1;
 }
 
+/* net.encode(v) -> the MessagePack document of a Lua value (as the codec
+ * writes a batch's events; tools and tests build protocol maps with it) */
+static int net_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    char *buf = NULL;
+    size_t len;
+    lua_settop(L, 1);
+    if (ss_codec_encode(L, 1, &buf, &len) != SS_OK) {
+        free(buf);
+        return luaL_error(L, "cannot encode this value");
+    }
+    lua_pushlstring(L, buf, len);
+    free(buf);
+    return 1;
+}
+
 /* ---- data keys ---- */
 
 typedef struct {
@@ -1265,6 +1282,7 @@ int luaopen_securestreams_net(lua_State *L)
         { "new_run", net_new_run },
         { "now", net_now }, { "ready", net_ready }, { "key", net_key },
         { "open_record", net_open_record }, { "raw", net_raw }, { "decode", net_decode },
+        { "encode", net_encode },
         { "seal_batch", net_seal_batch }, { "open_batch", net_open_batch },
         { "split_batch", net_split_batch }, { "replay", net_replay }, { NULL, NULL } };
     new_class(L, CONSUMER_MT, consumer_m, consumer_close);
