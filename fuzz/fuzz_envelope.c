@@ -23,7 +23,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             return 0;
         memset(&k, 0x5a, sizeof k);   /* fixed, so a corpus entry can carry a real seal */
         __lsan_disable();
-        ss_err rc = ss_envelope_new(&k, &env);
+        static const uint8_t run[SS_RUN_BYTES];   /* a fixed run: a corpus entry can match it */
+        ss_err rc = ss_envelope_new(&k, &(ss_envelope_opts){ .run = run, .role = SS_MAKER_WORKER,
+                                                             .pos = 1 }, &env);
         __lsan_enable();
         if (rc != SS_OK)
             return 0;
@@ -40,9 +42,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *plain;
     size_t plen;
     char why[256];
-    (void)ss_envelope_open(env, hdr, lineage, llen, sealed, rest - llen, &plain, &plen, why,
+    ss_open_info info;
+    ss_maker maker;
+    (void)ss_envelope_open(env, hdr, lineage, llen, sealed, rest - llen, &plain, &plen, &info, why,
                            sizeof why);
-    (void)ss_envelope_open_record(env, 1, "fuzz", sealed, rest - llen, &plain, &plen, why,
+    (void)ss_envelope_open_record(env, 1, "fuzz", sealed, rest - llen, &plain, &plen, &maker, why,
                                   sizeof why);
     return 0;
 }

@@ -38,6 +38,7 @@
 #include "crypto/crypto.h"
 #include "crypto/curve.h"
 #include "pipeline/plan.h"
+#include "wire/envelope.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -80,6 +81,7 @@ typedef struct {
     const char *image;
     uint64_t linger_ms;
     ss_plan plan;               /* stages, mode, key, input, stream (plan.h) */
+    char run[2 * SS_RUN_BYTES + 1];   /* this deploy's run id, in every file it writes */
     char service[SS_MAX_STAGES][SERVICE_NAME_MAX + 1]; /* each stage's service */
     char *outdir;               /* canonical: every host path is relative to it */
     char *specdir;              /* canonical: the scripts must live under it */
@@ -470,13 +472,28 @@ out:
 
 /* Resolve the spec and the options (plan.h), then place every file. */
 static int plan_make(deploy_t *p, const char *spec_path, const ss_plan_overrides *o,
-                     const char *output, const char *curve, diag_t *d)
+                     const char *output, const char *curve, const char *run_id, diag_t *d)
 {
     ss_err e = ss_plan_resolve(spec_path, o, &p->plan, d->msg, sizeof d->msg);
     if (e != SS_OK) {
         d->io = e != SS_ERR_USAGE;
         return -1;
     }
+    /* The run id of these files: given, or a fresh one for this deploy. */
+    uint8_t run[SS_RUN_BYTES];
+    if (run_id && ss_run_parse(run_id, run) != SS_OK) {
+        ss_say(d->msg, sizeof d->msg, "--run %s: a run id is 32 hex digits", run_id);
+        return -1;
+    }
+    if (!run_id) {
+        if (sodium_init() < 0) {
+            ss_say(d->msg, sizeof d->msg, "libsodium failed to initialise: no run id");
+            d->io = 1;
+            return -1;
+        }
+        ss_run_new(run);
+    }
+    ss_run_hex(run, p->run);
     /* A sealed input carries its stream id; any other pipeline gets one from
      * its name, so that the file is stable. */
     if (!p->plan.sealed_input) {
@@ -535,6 +552,10 @@ static void header(deploy_t *p)
     fprintf(f, "#\n# Security %s; stream id 0x%08x (%s); on_error = %s.\n", pl->mode,
             (unsigned)pl->stream, pl->sealed_input ? "the sealed input's" : "from the pipeline's name",
             pl->on_error);
+    fprintf(f, "# Run id %s, made by this deploy: every sealed batch and statistics\n"
+               "# record is bound to it. Bringing these files up again reuses it, so the sink\n"
+               "# cannot tell that run's batches from an earlier one's: deploy again for a\n"
+               "# fresh run id.\n", p->run);
     fprintf(f, "# Services (routers listen on %d for producers and %d for consumers):\n", FRONT_PORT,
             BACK_PORT);
     fprintf(f, "#   %-18s reads %s, sends to router0\n", "source", p->input_target);
@@ -598,6 +619,13 @@ static void environment(deploy_t *p, role_t role, int stage)
     env_line(f, "SS_ON_ERROR", p->plan.on_error);
     snprintf(v, sizeof v, "%d", LIVENESS_MS);
     env_line(f, "SS_LIVENESS_MS", v);
+    if (role != ROLE_ROUTER)
+        env_line(f, "SS_RUN", p->run);
+    if (role == ROLE_SINK) {
+        snprintf(v, sizeof v, "%d", p->plan.nstages + 1);
+        env_line(f, "SS_POS", v);
+        env_line(f, "SS_SOURCES", "1");
+    }
     if (role == ROLE_ROUTER) {
         if (p->curve) {
             env_line(f, "SS_CURVE_ROUTER_KEY", "/run/secrets/curve-router");
@@ -988,7 +1016,7 @@ static const char *const formats[] = { "compose", "swarm", NULL };
 int ss_cmd_deploy(int argc, char **argv)
 {
     ss_plan_overrides o = { 0 };
-    const char *format = NULL, *output = NULL, *curve = NULL, *args[1];
+    const char *format = NULL, *output = NULL, *curve = NULL, *run_id = NULL, *args[1];
     deploy_t p;
     memset(&p, 0, sizeof p);
     p.image = DEFAULT_IMAGE;
@@ -1020,13 +1048,17 @@ int ss_cmd_deploy(int argc, char **argv)
         { "--linger-ms", 0, SS_OPT_MS, &p.linger_ms, "N",
           "how long routers answer late joiners after the end\n(default " STR(DEFAULT_LINGER_MS) ")",
           .max = MAX_LINGER_MS },
+        { "--run", 0, SS_OPT_STRING, &run_id, "HEX",
+          "the run id written into the files (32 hex digits; default a\n"
+          "fresh one for every deploy: running the same files again reuses it)" },
         { NULL },
     };
     const ss_cli cli = {
         .name = "deploy", .synopsis = "SPEC --format compose|swarm [options]", .opts = opts,
         .about = "Write the pipeline described in SPEC as a Docker Compose file or a Docker Swarm\n"
                  "stack file: one service per router, per stage (replicas = workers), for the\n"
-                 "source and for the sink, on one network (docs/deploy.md). Same inputs, same file.",
+                 "source and for the sink, on one network (docs/deploy.md). Same inputs and --run,\n"
+                 "same file.",
         .epilogue = "Exit status: 0 written, 1 a file cannot be read or written, 2 usage or spec error.",
         .min_args = 1, .max_args = 1,
     };
@@ -1040,7 +1072,7 @@ int ss_cmd_deploy(int argc, char **argv)
         return ss_cli_fail(&cli, SS_EXIT_USAGE, "--image: '%s' is not an image name", p.image);
 
     diag_t d = { "", 0 };
-    if (plan_make(&p, args[0], &o, output, curve, &d) != 0)
+    if (plan_make(&p, args[0], &o, output, curve, run_id, &d) != 0)
         rc = ss_cli_fail(&cli, d.io ? SS_EXIT_ERROR : SS_EXIT_USAGE, "%s", d.msg);
     else
         rc = write_file(&cli, &p, output);

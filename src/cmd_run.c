@@ -17,10 +17,13 @@
 #include "cli.h"
 
 #include "base/common.h"
+#include "crypto/crypto.h"
 #include "pipeline/plan.h"
+#include "wire/envelope.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +74,7 @@ typedef struct {
     int nready;
     /* The components' environment, "NAME=value". */
     char stream_env[48], onerr_env[48], summary_env[4200], key_env[4200], enclave_env[64];
+    char run_env[48], sink_pos_env[32], sources_env[32];
 } run_t;
 
 static volatile sig_atomic_t interrupted;
@@ -221,12 +225,24 @@ static const char *describe_status(int status, char *buf, size_t len)
 static void set_environment(run_t *r, const run_args *a)
 {
     const ss_plan *p = &r->plan;
-    /* The stream id: the sealed input's, or a fresh one for this run. */
+    /* The stream id: routers refuse messages of any other pipeline. */
     snprintf(r->stream_env, sizeof r->stream_env, "SS_STREAM=%u", (unsigned)p->stream);
     snprintf(r->key_env, sizeof r->key_env, "SS_KEY_FILE=%s", p->key ? p->key : "");
     snprintf(r->onerr_env, sizeof r->onerr_env, "SS_ON_ERROR=%s", p->on_error);
     snprintf(r->summary_env, sizeof r->summary_env, "SS_SUMMARY_FILE=%s", a->summary ? a->summary : "");
     snprintf(r->enclave_env, sizeof r->enclave_env, "SS_ENCLAVE=%s", p->backend);
+    /* A fresh run id for every run: every sealed batch and statistics record
+     * is bound to it, so nothing of an earlier run (same key) is accepted. */
+    uint8_t run[SS_RUN_BYTES];
+    char hex[2 * SS_RUN_BYTES + 1];
+    if (sodium_init() < 0)
+        ss_log("warning: libsodium failed to initialise; the run id comes from its fallback");
+    ss_run_new(run);
+    ss_run_hex(run, hex);
+    snprintf(r->run_env, sizeof r->run_env, "SS_RUN=%s", hex);
+    /* the sink follows the last stage, and expects one source */
+    snprintf(r->sink_pos_env, sizeof r->sink_pos_env, "SS_POS=%d", p->nstages + 1);
+    snprintf(r->sources_env, sizeof r->sources_env, "SS_SOURCES=1");
     if (!a->verbose)
         setenv("SS_LOG", "warn", 0);
 }
@@ -271,11 +287,12 @@ static int start_sink_and_workers(run_t *r)
     char *sink_args[] = { (char *)"securestreams", (char *)"sink", (char *)"--from",
                           r->endpoints[p->nstages][1], (char *)"--script", (char *)p->sink_script,
                           (char *)"--name", (char *)"sink", (char *)"--stage", (char *)"sink", NULL };
-    char *sink_env[] = { r->stream_env, r->onerr_env, r->summary_env, r->key_env, NULL };
+    char *sink_env[] = { r->stream_env, r->onerr_env, r->summary_env, r->key_env, r->run_env,
+                         r->sink_pos_env, r->sources_env, NULL };
     if (start_joiner(r, sink_args, sink_env, ROLE_SINK, p->nstages, "sink") != 0)
         return -1;
-    char *env[] = { r->stream_env, r->onerr_env, r->key_env, NULL };
-    char *enclave_env[] = { r->stream_env, r->onerr_env, r->key_env, r->enclave_env, NULL };
+    char *env[] = { r->stream_env, r->onerr_env, r->key_env, r->run_env, NULL };
+    char *enclave_env[] = { r->stream_env, r->onerr_env, r->key_env, r->run_env, r->enclave_env, NULL };
     for (int i = p->nstages - 1; i >= 0; i--) {
         const ss_plan_stage *st = &p->stages[i];
         for (int w = 0; w < st->workers; w++) {
@@ -323,7 +340,7 @@ static int start_source(run_t *r)
                      r->endpoints[0][0], (char *)"--input", (char *)p->input,
                      p->header ? (char *)"--header" : (char *)"--no-header",
                      (char *)"--batch-bytes", bb, NULL };
-    char *env[] = { r->stream_env, r->onerr_env, r->key_env, NULL };
+    char *env[] = { r->stream_env, r->onerr_env, r->key_env, r->run_env, NULL };
     pid_t pid = spawn(r, args, env, NULL);
     if (pid < 0)
         return ss_cli_fail(r->cli, SS_EXIT_ERROR, "cannot start a component: %s", strerror(errno));

@@ -8,9 +8,11 @@
  * always that event's line number.
  *
  * With a data key (the encrypted mode) every batch is sealed before it
- * leaves, and the statistics record in the end of stream is sealed too. A
- * sealed file (securestreams encrypt) is streamed as it is stored: its
- * records are already sealed batches, so the source never sees plaintext.
+ * leaves, as made by the source (position 0) of this run (--run, SS_RUN, or
+ * a fresh run id, logged), and the statistics record in the end of stream is
+ * sealed the same way. A sealed file (securestreams encrypt) holds batches
+ * bound to the file, not to a run: each record is opened and sealed again
+ * into the run, in two buffers allocated once.
  */
 #include "cli.h"
 
@@ -25,6 +27,7 @@
 
 #include <errno.h>
 #include <msgpack.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +48,7 @@ typedef struct {
     double t0;
     ss_envelope_t *env;     /* encrypted mode */
     uint64_t lineage_source, first_seq, sent;
+    uint8_t *plain;         /* a sealed file's batch, opened (SS_SEALED_BATCH_MAX) */
 } source_t;
 
 static double wall_clock(void)
@@ -151,30 +155,42 @@ out:
     return e;
 }
 
-/* Stream a sealed file as stored; batch 0 holds the header line when the
- * file has one, and is not sent. */
+/* Stream a sealed file into the run: each record opened and sealed again
+ * as this source's (its producer id and this pipeline's stream id in the
+ * header), with the file's sequence numbers and lineage kept; batch 0 holds the header line when the file has one, and
+ * is not sent. */
 static ss_err stream_sealed(source_t *s, ss_sealed_file_t *f, const char *path)
 {
     ss_header_t h;
-    const uint8_t *lineage, *payload;
-    size_t llen, plen;
+    const uint8_t *lineage, *sealed;
+    size_t llen, plen, slen;
     char err[512];
     s->lineage_source = ss_sealed_file_id(f);
     s->first_seq = (uint64_t)ss_sealed_file_header_lines(f);
     for (;;) {
-        ss_err e = ss_sealed_file_next(f, &h, &lineage, &llen, &payload, &plen, err, sizeof err);
+        ss_err e = ss_sealed_file_next_open(f, &h, &lineage, &llen, s->plain, SS_SEALED_BATCH_MAX,
+                                            &plen, err, sizeof err);
         if (e == SS_ERR_CLOSED)
             return SS_OK;
         if (e != SS_OK) {
             ss_log("error: %s", err);
             return e;
         }
+        s->seq = h.seq + 1;   /* the EOS and its record are sealed above every batch */
         if (h.seq < s->first_seq)
             continue;
         s->lines += h.count;
         s->records += h.count;
+        h.flags = 0;
+        h.producer = s->id;       /* re-sealed by this source, under its own name */
+        h.stream = s->stream;     /* and into this pipeline, whatever the file carries */
+        if ((e = ss_envelope_seal(s->env, &h, lineage, llen, s->plain, plen, &sealed, &slen)) != SS_OK) {
+            ss_log("error: %s: sealing batch %llu into the run: %s", path, (unsigned long long)h.seq,
+                   ss_strerror(e));
+            return e;
+        }
         uint64_t pubseq;
-        if ((e = ss_producer_publish(s->producer, &h, lineage, llen, payload, plen, &pubseq)) != SS_OK) {
+        if ((e = ss_producer_publish(s->producer, &h, lineage, llen, sealed, slen, &pubseq)) != SS_OK) {
             ss_log("error: sending %s: %s", path, ss_strerror(e));
             return e;
         }
@@ -218,6 +234,7 @@ static ss_err take_line(source_t *s, const char *path, const char *line, size_t 
 /* What the command line asks for, once checked. */
 typedef struct {
     const char *to, *path, *name, *keyfile;
+    uint8_t run[SS_RUN_BYTES];  /* the run id: given, or a fresh one */
     int header;
     size_t batch_bytes;
     uint32_t stream;
@@ -246,7 +263,8 @@ static int load_key(const ss_cli *cli, const source_args *a, source_run *r)
         return ss_cli_fail(cli, SS_EXIT_ERROR, "cannot initialise libsodium");
     if (ss_key_load(&r->key, a->keyfile, err, sizeof err) != SS_OK)
         return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
-    if (ss_envelope_new(&r->key, &r->s.env) != SS_OK)
+    ss_envelope_opts eo = { .run = a->run, .role = SS_MAKER_SOURCE, .pos = 0 };
+    if (ss_envelope_new(&r->key, &eo, &r->s.env) != SS_OK)
         return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
     return SS_EXIT_OK;
 }
@@ -263,6 +281,8 @@ static int open_input(const ss_cli *cli, const source_args *a, source_run *r)
                                "(--key or SS_KEY_FILE)", a->path);
         if (ss_sealed_file_open(a->path, &r->key, &r->sealed, err, sizeof err) != SS_OK)
             return ss_cli_fail(cli, SS_EXIT_ERROR, "%s", err);
+        if (!(r->s.plain = malloc(SS_SEALED_BATCH_MAX)))
+            return ss_cli_fail(cli, SS_EXIT_ERROR, "out of memory");
         return SS_EXIT_OK;
     }
     r->in = is_stdin ? stdin : fopen(a->path, "rb");
@@ -350,9 +370,6 @@ fail:
 /* Stream the sealed file r->sealed as it is stored. Errors are logged. */
 static int stream_sealed_file(const source_args *a, source_run *r)
 {
-    if (r->sealed_stream != r->s.stream)
-        ss_log("warning: %s carries stream id %u, the pipeline uses %u: routers will refuse it",
-               a->path, (unsigned)r->sealed_stream, (unsigned)r->s.stream);
     return stream_sealed(&r->s, r->sealed, a->path) == SS_OK ? SS_EXIT_OK : SS_EXIT_ERROR;
 }
 
@@ -378,6 +395,9 @@ static void cleanup(source_run *r)
         zmq_ctx_term(r->zctx);
     ss_batch_writer_cleanup(&r->s.writer);
     ss_envelope_destroy(&r->s.env);
+    if (r->s.plain)
+        sodium_memzero(r->s.plain, SS_SEALED_BATCH_MAX);
+    free(r->s.plain);
     ss_sealed_file_close(&r->sealed);
     ss_key_cleanup(&r->key);
     free(r->buf);
@@ -386,7 +406,7 @@ static void cleanup(source_run *r)
 }
 
 /* One run, phase by phase; every way out goes through cleanup(). */
-static int run(const ss_cli *cli, const source_args *a)
+static int run_source(const ss_cli *cli, const source_args *a)
 {
     source_run r;
     memset(&r, 0, sizeof r);
@@ -410,6 +430,7 @@ int ss_cmd_source(int argc, char **argv)
 {
     source_args a = { .name = "source", .header = 1 };
     uint64_t batch_bytes = SS_BATCH_BYTES, stream = NOT_GIVEN;
+    const char *run = NULL;
     const ss_opt opts[] = {
         { "--to", 0, SS_OPT_STRING, &a.to, "ADDR", "first router's producer side", .env = "TO" },
         { "--input", 0, SS_OPT_STRING, &a.path, "FILE", "lines of CSV or JSON; '-' for stdin", .env = "DATA_FILE" },
@@ -424,6 +445,9 @@ int ss_cmd_source(int argc, char **argv)
         { "--key", 0, SS_OPT_STRING, &a.keyfile, "FILE", "data key: seal every batch; a sealed file\n"
                                                         "(securestreams encrypt) is streamed as it is",
           .env = "SS_KEY_FILE" },
+        { "--run", 0, SS_OPT_STRING, &run, "HEX", "the run id (32 hex digits) every batch is bound to\n"
+                                                  "(default $SS_RUN, else a fresh one, logged)",
+          .env = "SS_RUN" },
         { NULL },
     };
     const ss_cli cli = {
@@ -442,5 +466,17 @@ int ss_cmd_source(int argc, char **argv)
         a.stream = (uint32_t)stream;
     a.batch_bytes = (size_t)batch_bytes;
     ss_log_init(a.name);
-    return run(&cli, &a);
+    if (run && *run && ss_run_parse(run, a.run) != SS_OK)
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "--run %s: a run id is 32 hex digits", run);
+    if (!run || !*run) {
+        char hex[2 * SS_RUN_BYTES + 1];
+        if (ss_crypto_init() != SS_OK)
+            return ss_cli_fail(&cli, SS_EXIT_ERROR, "cannot initialise libsodium");
+        ss_run_new(a.run);
+        ss_run_hex(a.run, hex);
+        if (a.keyfile)
+            ss_log("run id %s (no --run or SS_RUN: a fresh one; give it to the sink as SS_RUN "
+                   "to pin it)", hex);
+    }
+    return run_source(&cli, &a);
 }

@@ -14,6 +14,7 @@
 #include "base/common.h"
 #include "lua/lstate.h"
 #include "pipeline/spec.h"
+#include "wire/envelope.h"
 #include "wire/frame.h"
 
 #include <lauxlib.h>
@@ -145,6 +146,7 @@ static int run_component(const char *role, int argc, char **argv)
 {
     int sink = !strcmp(role, "sink");
     const char *from = NULL, *to = NULL, *name = role, *stage = NULL, *on_error = NULL, *key = NULL;
+    const char *run_id = NULL;
     const char *scripts[SS_MAX_STAGES];
     ss_optlist script_list = { scripts, 0 };
     uint64_t stream = NOT_GIVEN, pos = NOT_GIVEN, ready_fd = NOT_GIVEN;
@@ -171,6 +173,9 @@ static int run_component(const char *role, int argc, char **argv)
         { "--ready-fd", 0, SS_OPT_UINT, &ready_fd, "FD", "write \"ready\" to FD once joined to the router(s)",
           .env = "SS_READY_FD", .max = 1u << 20 },
         { "--key", 0, SS_OPT_STRING, &key, "FILE", "data key: the encrypted mode", .env = "SS_KEY_FILE" },
+        { "--run", 0, SS_OPT_STRING, &run_id, "HEX", "the run id (32 hex digits) every batch must belong to\n"
+                                                     "(default $SS_RUN, else the first batch's)",
+          .env = "SS_RUN" },
         { NULL },
     };
     const ss_cli cli = {
@@ -190,11 +195,15 @@ static int run_component(const char *role, int argc, char **argv)
     char err[256];
     if (stream == NOT_GIVEN && ss_stream_from_env(&stream_id, err, sizeof err) != SS_OK)
         return ss_cli_fail(&cli, SS_EXIT_USAGE, "%s", err);
+    uint8_t run_bytes[SS_RUN_BYTES];
+    if (run_id && *run_id && ss_run_parse(run_id, run_bytes) != SS_OK)
+        return ss_cli_fail(&cli, SS_EXIT_USAGE, "--run %s: a run id is 32 hex digits", run_id);
 
     export("SS_NAME", name);
     export("SS_STAGE", stage);
     export("SS_ON_ERROR", on_error);
     export("SS_KEY_FILE", key);
+    export("SS_RUN", run_id);
     export_u64("SS_STREAM", stream);
     export_u64("SS_POS", pos);
     export_u64("SS_READY_FD", ready_fd);

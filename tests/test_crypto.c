@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 static ss_key_t key_a, key_b;
+/* a stream session: a worker at position 1 of some run */
+static const ss_maker worker1 = { .run = { 0x52, 0x55, 0x4e, 1 }, .role = SS_MAKER_WORKER, .pos = 1 };
 
 static int group_setup(void **state)
 {
@@ -54,7 +56,7 @@ static void seal_open_round_trip(void **state)
             continue;
         ss_sealer_t *s = NULL;
         ss_opener_t *o = NULL;
-        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &s), SS_OK);
+        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &worker1, &s), SS_OK);
         assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
         for (size_t i = 0; plains[i]; i++) {
             size_t len = strlen(plains[i]), slen = 0, plen = 0;
@@ -63,12 +65,12 @@ static void seal_open_round_trip(void **state)
             assert_int_equal(ss_seal(s, seq, ad, sizeof ad, plains[i], len, sealed, &slen), SS_OK);
             assert_int_equal(slen, len + SS_SEAL_OVERHEAD);
             assert_int_equal(sealed[0], ciphers[c]);
-            assert_int_equal(sealed[1], 0);
+            assert_int_equal(sealed[1], SS_MAKER_WORKER);
             assert_memory_equal(sealed + 2, key_a.id, SS_KEY_ID_BYTES);
             if (len > 4)
                 assert_null(memmem(sealed, slen, plains[i], len));
             memset(plain, 0xee, sizeof plain);
-            assert_int_equal(ss_open(o, seq, ad, sizeof ad, sealed, slen, plain, &plen, NULL, 0),
+            assert_int_equal(ss_open(o, seq, ad, sizeof ad, sealed, slen, plain, &plen, NULL, NULL, 0),
                              SS_OK);
             assert_int_equal(plen, len);
             assert_memory_equal(plain, plains[i], len);
@@ -81,14 +83,15 @@ static void seal_open_round_trip(void **state)
 }
 
 /* The sealed format, rebuilt from its definition (docs/crypto.md) with
- * libsodium alone: subkey = BLAKE2b(key; context || salt), nonce = the
+ * libsodium alone: subkey = BLAKE2b(key; context || salt || run || role ||
+ * pos), the run and position read from the payload's prefix, nonce = the
  * sequence number (8 bytes, little-endian) then zeros, ciphertext || tag.
  * What the product seals, libsodium opens, and the other way round, for
  * every cipher, for lengths around the 16-byte blocks and a 1 MiB batch. */
 static void format_matches_libsodium(void **state)
 {
     (void)state;
-    static const char context[] = "securestreams batch v1";
+    static const char context[] = "securestreams batch v2";
     static const size_t lens[] = { 0, 1, 15, 16, 17, 1000, 1 << 20 };
     uint8_t ad[40];
     for (size_t i = 0; i < sizeof ad; i++)
@@ -102,15 +105,25 @@ static void format_matches_libsodium(void **state)
             continue;
         ss_sealer_t *s = NULL;
         ss_opener_t *o = NULL;
-        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &s), SS_OK);
+        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &worker1, &s), SS_OK);
         assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
         for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
             size_t len = lens[l], slen = 0, blen = 0;
             uint64_t seq = 1000 + 2 * l;
             assert_int_equal(ss_seal(s, seq, ad, sizeof ad, plain, len, sealed, &slen), SS_OK);
-            uint8_t msg[sizeof context - 1 + SS_SALT_BYTES], subkey[32], nonce[24] = { 0 };
-            memcpy(msg, context, sizeof context - 1);
-            memcpy(msg + sizeof context - 1, sealed + 2 + SS_KEY_ID_BYTES, SS_SALT_BYTES);
+            uint8_t msg[sizeof context - 1 + SS_SALT_BYTES + SS_RUN_BYTES + 3], subkey[32],
+                nonce[24] = { 0 };
+            size_t at = sizeof context - 1;
+            memcpy(msg, context, at);
+            memcpy(msg + at, sealed + 2 + SS_KEY_ID_BYTES, SS_SALT_BYTES);
+            at += SS_SALT_BYTES;
+            assert_memory_equal(sealed + SS_SEAL_PREFIX_FILE, worker1.run, SS_RUN_BYTES);
+            memcpy(msg + at, worker1.run, SS_RUN_BYTES);
+            at += SS_RUN_BYTES;
+            msg[at++] = SS_MAKER_WORKER;
+            assert_int_equal(sealed[1], SS_MAKER_WORKER);
+            assert_int_equal(ss_get_u16(sealed + SS_SEAL_PREFIX_FILE + SS_RUN_BYTES), 1);
+            ss_put_u16(msg + at, 1);
             crypto_generichash(subkey, sizeof subkey, msg, sizeof msg, key_a.key, SS_KEY_BYTES);
             for (int b = 0; b < 8; b++)
                 nonce[b] = (uint8_t)(seq >> (8 * b));
@@ -134,7 +147,7 @@ static void format_matches_libsodium(void **state)
                 crypto_aead_xchacha20poly1305_ietf_encrypt_detached(ct2, ct2 + len, NULL, plain, len, ad,
                                                                     sizeof ad, NULL, nonce, subkey);
             memset(back, 0, len + 1);
-            assert_int_equal(ss_open(o, seq, ad, sizeof ad, sealed, slen, back, &blen, NULL, 0), SS_OK);
+            assert_int_equal(ss_open(o, seq, ad, sizeof ad, sealed, slen, back, &blen, NULL, NULL, 0), SS_OK);
             assert_int_equal(blen, len);
             assert_memory_equal(back, plain, len);
         }
@@ -162,14 +175,14 @@ static void every_flipped_byte_fails(void **state)
         uint8_t sealed[128], plain[128];
         size_t slen, plen;
         char why[256];
-        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &s), SS_OK);
+        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &worker1, &s), SS_OK);
         assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
         assert_int_equal(ss_seal(s, 5, ad, sizeof ad, msg, len, sealed, &slen), SS_OK);
         for (size_t i = 0; i < slen; i++) {
             for (int bit = 0; bit < 8; bit += 7) {   /* the lowest and the highest bit */
                 sealed[i] ^= (uint8_t)(1u << bit);
                 why[0] = '\0';
-                ss_err rc = ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, why, sizeof why);
+                ss_err rc = ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, NULL, why, sizeof why);
                 if (rc == SS_OK)
                     fail_msg("%s: flipping bit %d of byte %zu went unnoticed",
                              ss_cipher_name(ciphers[c]), bit, i);
@@ -179,21 +192,21 @@ static void every_flipped_byte_fails(void **state)
         }
         for (size_t i = 0; i < sizeof ad; i++) {
             ad[i] ^= 0x01;
-            ss_err rc = ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, why, sizeof why);
+            ss_err rc = ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, NULL, why, sizeof why);
             if (rc != SS_ERR_CRYPTO)
                 fail_msg("flipping byte %zu of the associated data: rc %d", i, rc);
             ASSERT_CONTAINS(why, "authentication failed");
             ad[i] ^= 0x01;
         }
-        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen - 1, plain, &plen, why,
+        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen - 1, plain, &plen, NULL, why,
                                  sizeof why), SS_ERR_CRYPTO);
-        assert_int_equal(ss_open(o, 5, ad, sizeof ad - 1, sealed, slen, plain, &plen, why,
+        assert_int_equal(ss_open(o, 5, ad, sizeof ad - 1, sealed, slen, plain, &plen, NULL, why,
                                  sizeof why), SS_ERR_CRYPTO);
-        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, SS_SEAL_OVERHEAD - 1, plain, &plen,
+        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, SS_SEAL_OVERHEAD - 1, plain, &plen, NULL,
                                  why, sizeof why), SS_ERR_FORMAT);
         ASSERT_CONTAINS(why, "too short");
         /* and the untouched payload still opens */
-        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, why, sizeof why),
+        assert_int_equal(ss_open(o, 5, ad, sizeof ad, sealed, slen, plain, &plen, NULL, why, sizeof why),
                          SS_OK);
         assert_memory_equal(plain, msg, len);
         ss_sealer_destroy(&s);
@@ -205,16 +218,16 @@ static void distinct_messages(void **state)
 {
     ss_sealer_t *s = NULL;
     ss_opener_t *ob = NULL, *oa = NULL;
-    uint8_t sealed[64], plain[64];
+    uint8_t sealed[128], plain[128];
     size_t slen, plen;
     char why[256], ida[17], idb[17];
-    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &s), SS_OK);
+    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &worker1, &s), SS_OK);
     assert_int_equal(ss_opener_new(&key_b, &ob), SS_OK);
     assert_int_equal(ss_opener_new(&key_a, &oa), SS_OK);
     assert_int_equal(ss_seal(s, 1, "ad", 2, "hello", 5, sealed, &slen), SS_OK);
 
     /* another key: named by both ids */
-    assert_int_equal(ss_open(ob, 1, "ad", 2, sealed, slen, plain, &plen, why, sizeof why),
+    assert_int_equal(ss_open(ob, 1, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why),
                      SS_ERR_CRYPTO);
     ss_key_id_hex(key_a.id, ida);
     ss_key_id_hex(key_b.id, idb);
@@ -223,28 +236,90 @@ static void distinct_messages(void **state)
     assert_string_equal(why, want);
 
     /* another nonce (seq): authentication */
-    assert_int_equal(ss_open(oa, 2, "ad", 2, sealed, slen, plain, &plen, why, sizeof why),
+    assert_int_equal(ss_open(oa, 2, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why),
                      SS_ERR_CRYPTO);
-    assert_string_equal(why, "authentication failed (tampered, reordered or replayed under "
-                             "another position)");
-    assert_int_equal(ss_open(oa, 1ull << 40, "ad", 2, sealed, slen, plain, &plen, why, sizeof why),
+    ASSERT_CONTAINS(why, "authentication failed (tampered, reordered, replayed under another "
+                         "position");
+    assert_int_equal(ss_open(oa, 1ull << 40, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why),
                      SS_ERR_CRYPTO);
 
     /* unknown cipher and a nonzero reserved byte */
     sealed[0] = 9;
-    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, why, sizeof why),
+    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why),
                      SS_ERR_CRYPTO);
     assert_string_equal(why, "unknown cipher 9");
     sealed[0] = (uint8_t)ss_crypto_default_cipher();
-    sealed[1] = 1;
-    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, why, sizeof why),
+    sealed[1] = 7;
+    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why),
                      SS_ERR_FORMAT);
-    sealed[1] = 0;
-    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, why, sizeof why), SS_OK);
+    assert_string_equal(why, "unknown maker role 7");
+    sealed[1] = SS_MAKER_WORKER;
+    assert_int_equal(ss_open(oa, 1, "ad", 2, sealed, slen, plain, &plen, NULL, why, sizeof why), SS_OK);
     assert_memory_equal(plain, "hello", 5);
     ss_sealer_destroy(&s);
     ss_opener_destroy(&ob);
     ss_opener_destroy(&oa);
+}
+
+/* The maker a payload names (run, role, position) comes out of opening
+ * authenticated: changing any byte of it in the prefix, or the role byte to
+ * the other role, fails authentication; a rebound sealer names the new
+ * maker; a file session (no maker) opens as role SS_MAKER_FILE. */
+static void maker_is_bound(void **state)
+{
+    (void)state;
+    ss_sealer_t *s = NULL, *f = NULL;
+    ss_opener_t *o = NULL;
+    uint8_t sealed[128], plain[128];
+    size_t slen, plen;
+    char why[256];
+    ss_maker m, src = { .run = { 9, 9, 9 }, .role = SS_MAKER_SOURCE, .pos = 0 };
+    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &worker1, &s), SS_OK);
+    assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
+    assert_int_equal(ss_seal(s, 3, "ad", 2, "events", 6, sealed, &slen), SS_OK);
+    assert_int_equal(ss_open(o, 3, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why), SS_OK);
+    assert_memory_equal(m.run, worker1.run, SS_RUN_BYTES);
+    assert_int_equal(m.role, SS_MAKER_WORKER);
+    assert_int_equal(m.pos, 1);
+    /* every byte of run and position, and the role turned into the other one */
+    for (size_t i = SS_SEAL_PREFIX_FILE; i < SS_SEAL_PREFIX; i++) {
+        sealed[i] ^= 0x01;
+        assert_int_equal(ss_open(o, 3, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why),
+                         SS_ERR_CRYPTO);
+        ASSERT_CONTAINS(why, "authentication failed");
+        sealed[i] ^= 0x01;
+    }
+    sealed[1] = SS_MAKER_SOURCE;
+    assert_int_equal(ss_open(o, 3, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why),
+                     SS_ERR_CRYPTO);
+    sealed[1] = SS_MAKER_FILE;   /* read with the file layout: not the same subkey either */
+    assert_int_equal(ss_open(o, 3, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why),
+                     SS_ERR_CRYPTO);
+    sealed[1] = SS_MAKER_WORKER;
+    assert_int_equal(ss_open(o, 3, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why), SS_OK);
+    /* rebound: the next payload names the new maker */
+    assert_int_equal(ss_sealer_bind(s, &src), SS_OK);
+    assert_int_equal(ss_seal(s, 4, "ad", 2, "events", 6, sealed, &slen), SS_OK);
+    assert_int_equal(ss_open(o, 4, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why), SS_OK);
+    assert_int_equal(m.role, SS_MAKER_SOURCE);
+    assert_memory_equal(m.run, src.run, SS_RUN_BYTES);
+    /* no sealer can be made or bound as a file record's maker or an unknown role */
+    ss_maker bad = worker1;
+    bad.role = SS_MAKER_FILE;
+    assert_int_equal(ss_sealer_bind(s, &bad), SS_ERR_USAGE);
+    bad.role = 3;
+    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &bad, &f), SS_ERR_USAGE);
+    /* a file session: the old layout, role 0, and it cannot be rebound */
+    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), NULL, &f), SS_OK);
+    assert_int_equal(ss_seal(f, 1, "ad", 2, "events", 6, sealed, &slen), SS_OK);
+    assert_int_equal(slen, 6 + SS_SEAL_OVERHEAD_FILE);
+    assert_int_equal(sealed[1], 0);
+    assert_int_equal(ss_open(o, 1, "ad", 2, sealed, slen, plain, &plen, &m, why, sizeof why), SS_OK);
+    assert_int_equal(m.role, SS_MAKER_FILE);
+    assert_int_equal(ss_sealer_bind(f, &worker1), SS_ERR_USAGE);
+    ss_sealer_destroy(&s);
+    ss_sealer_destroy(&f);
+    ss_opener_destroy(&o);
 }
 
 /* Two sessions of one key (a restart) draw different salts: the same seq and
@@ -256,10 +331,10 @@ static void nonces_never_repeat_across_restarts(void **state)
             continue;
         ss_sealer_t *s1 = NULL, *s2 = NULL;
         ss_opener_t *o = NULL;
-        uint8_t a[64], b[64], plain[64];
+        uint8_t a[128], b[128], plain[128];
         size_t alen, blen, plen;
-        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &s1), SS_OK);
-        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &s2), SS_OK);
+        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &worker1, &s1), SS_OK);
+        assert_int_equal(ss_sealer_new(&key_a, ciphers[c], &worker1, &s2), SS_OK);
         assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
         assert_int_equal(ss_seal(s1, 0, "h", 1, "same line", 9, a, &alen), SS_OK);
         assert_int_equal(ss_seal(s2, 0, "h", 1, "same line", 9, b, &blen), SS_OK);
@@ -267,9 +342,9 @@ static void nonces_never_repeat_across_restarts(void **state)
         assert_memory_equal(a, b, 2 + SS_KEY_ID_BYTES);             /* cipher, key id */
         assert_memory_not_equal(a + 2 + SS_KEY_ID_BYTES, b + 2 + SS_KEY_ID_BYTES, SS_SALT_BYTES);
         assert_memory_not_equal(a + SS_SEAL_PREFIX, b + SS_SEAL_PREFIX, alen - SS_SEAL_PREFIX);
-        assert_int_equal(ss_open(o, 0, "h", 1, a, alen, plain, &plen, NULL, 0), SS_OK);
+        assert_int_equal(ss_open(o, 0, "h", 1, a, alen, plain, &plen, NULL, NULL, 0), SS_OK);
         assert_memory_equal(plain, "same line", 9);
-        assert_int_equal(ss_open(o, 0, "h", 1, b, blen, plain, &plen, NULL, 0), SS_OK);
+        assert_int_equal(ss_open(o, 0, "h", 1, b, blen, plain, &plen, NULL, NULL, 0), SS_OK);
         assert_memory_equal(plain, "same line", 9);
         ss_sealer_destroy(&s1);
         ss_sealer_destroy(&s2);
@@ -281,9 +356,9 @@ static void nonces_never_repeat_across_restarts(void **state)
 static void sealer_refuses_reused_seq(void **state)
 {
     ss_sealer_t *s = NULL;
-    uint8_t out[64];
+    uint8_t out[128];
     size_t n;
-    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &s), SS_OK);
+    assert_int_equal(ss_sealer_new(&key_a, ss_crypto_default_cipher(), &worker1, &s), SS_OK);
     assert_int_equal(ss_seal(s, 0, NULL, 0, "a", 1, out, &n), SS_OK);
     assert_int_equal(ss_seal(s, 0, NULL, 0, "b", 1, out, &n), SS_ERR_USAGE);
     assert_int_equal(ss_seal(s, 7, NULL, 0, "c", 1, out, &n), SS_OK);
@@ -299,7 +374,7 @@ static void opener_cache_eviction(void **state)
     enum { N = 40 };
     ss_sealer_t *s[N];
     ss_opener_t *o = NULL;
-    uint8_t sealed[N][64], plain[64];
+    uint8_t sealed[N][128], plain[128];
     size_t slen[N], plen;
     assert_int_equal(ss_opener_new(&key_a, &o), SS_OK);
     for (int i = 0; i < N; i++) {
@@ -308,7 +383,7 @@ static void opener_cache_eviction(void **state)
         assert_int_equal(ss_sealer_new(&key_a, ciphers[i % NCIPHERS] == SS_CIPHER_AES256GCM
                                                    && !cipher_usable(SS_CIPHER_AES256GCM)
                                                ? SS_CIPHER_XCHACHA20 : ciphers[i % NCIPHERS],
-                                       &s[i]), SS_OK);
+                                       &worker1, &s[i]), SS_OK);
         assert_int_equal(ss_seal(s[i], (uint64_t)i, "x", 1, line, (size_t)n, sealed[i], &slen[i]),
                          SS_OK);
     }
@@ -317,7 +392,7 @@ static void opener_cache_eviction(void **state)
             int i = (k * 17 + round) % N;
             char line[16];
             int n = snprintf(line, sizeof line, "line %d", i);
-            assert_int_equal(ss_open(o, (uint64_t)i, "x", 1, sealed[i], slen[i], plain, &plen, NULL,
+            assert_int_equal(ss_open(o, (uint64_t)i, "x", 1, sealed[i], slen[i], plain, &plen, NULL, NULL,
                                      0), SS_OK);
             assert_int_equal(plen, (size_t)n);
             assert_memory_equal(plain, line, plen);
@@ -523,7 +598,7 @@ static size_t file_round_trip(const char *text, size_t len, int header, size_t b
         assert_int_equal(llen, SS_LINEAGE_ENTRY);
         assert_int_equal(ss_lineage_get(lin, 0).source, ss_sealed_file_id(f));
         assert_int_equal(ss_lineage_get(lin, 0).seq, n);
-        ASSERT_UINT_GE(plen, SS_SEAL_OVERHEAD);
+        ASSERT_UINT_GE(plen, SS_SEAL_OVERHEAD_FILE);
         if (*header_lines && n == 0)
             assert_int_equal(h.count, 1);
         lines += h.count;
@@ -873,7 +948,7 @@ static void forge_header(forger *fg, const char *path, int header_lines)
     fg->id = 0x0102030405060708ull;
     fg->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     ASSERT_INT_GE(fg->fd, 0);
-    assert_int_equal(ss_sealer_new(&key_a, SS_CIPHER_XCHACHA20, &fg->s), SS_OK);
+    assert_int_equal(ss_sealer_new(&key_a, SS_CIPHER_XCHACHA20, NULL, &fg->s), SS_OK);
     memcpy(h, SS_SEALED_MAGIC, 8);
     h[8] = 1;
     h[9] = SS_CIPHER_XCHACHA20;
@@ -1027,6 +1102,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(format_matches_libsodium, test_dir_setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(every_flipped_byte_fails, test_dir_setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(distinct_messages, test_dir_setup, test_dir_teardown),
+        cmocka_unit_test_setup_teardown(maker_is_bound, test_dir_setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(nonces_never_repeat_across_restarts, test_dir_setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(sealer_refuses_reused_seq, test_dir_setup, test_dir_teardown),
         cmocka_unit_test_setup_teardown(opener_cache_eviction, test_dir_setup, test_dir_teardown),

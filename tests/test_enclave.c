@@ -45,8 +45,9 @@
 static const char *dir;   /* the temporary directory of the run */
 static char keyfile[128];
 static ss_key_t key;
-static ss_envelope_t *upstream;   /* seals the inputs (one session for the run) */
-static ss_envelope_t *downstream; /* opens the outputs */
+static ss_envelope_t *upstream;   /* seals the inputs: the source (position 0) of run_a */
+static ss_envelope_t *downstream; /* opens the outputs: position 2 of run_a */
+static const uint8_t run_a[SS_RUN_BYTES] = { 0xa1, 0xa2, 0xa3 };
 static uint64_t upstream_seq = 100;
 static const char *const backends[] = { "isolated", "inprocess" };
 
@@ -114,7 +115,7 @@ static void open_output(const ss_ecall_result *r, char *out, size_t outlen)
     size_t plen;
     char why[256] = "";
     ss_err rc = ss_envelope_open(downstream, r->header, r->lineage, r->lineage_len, r->payload,
-                                 r->payload_len, &plain, &plen, why, sizeof why);
+                                 r->payload_len, &plain, &plen, NULL, why, sizeof why);
     if (rc != SS_OK)
         fail_msg("output does not open: %s", why);
     lua_State *L = luaL_newstate();
@@ -299,9 +300,13 @@ static void reduce_keeps_state(void **state)
         const uint8_t *plain;
         size_t plen;
         char why[256];
-        assert_int_equal(ss_envelope_open_record(downstream, 31, "w1", rec, rlen, &plain, &plen, why,
-                                                 sizeof why),
+        ss_maker maker;
+        assert_int_equal(ss_envelope_open_record(downstream, 31, "w1", rec, rlen, &plain, &plen,
+                                                 &maker, why, sizeof why),
                          SS_OK);
+        assert_int_equal(maker.role, SS_MAKER_WORKER);
+        assert_int_equal(maker.pos, 1);
+        assert_memory_equal(maker.run, run_a, SS_RUN_BYTES);
         lua_State *L = luaL_newstate();
         assert_int_equal(ss_codec_decode(L, plain, plen), SS_OK);
         lua_getfield(L, -1, "in");
@@ -620,12 +625,14 @@ static void rejected_batches(void **state)
         ss_key_t other;
         ss_key_generate(&other);
         ss_envelope_t *saved = upstream;
-        assert_int_equal(ss_envelope_new(&other, &upstream), SS_OK);
+        ss_envelope_opts src = { .run = run_a, .role = SS_MAKER_SOURCE, .pos = 0 };
+        assert_int_equal(ss_envelope_new(&other, &src, &upstream), SS_OK);
         make_input(&in, "a", 3, 1, SS_DEFAULT_STREAM);
         ss_envelope_destroy(&upstream);
         upstream = saved;
         assert_int_equal(call(e, &in, 6, 0, &r), SS_OK);
-        assert_int_equal(r.rejected, 1);
+        assert_int_equal(r.rejected, 0);   /* counted apart, never a reason to stop */
+        assert_int_equal(r.foreign, 1);
         ASSERT_CONTAINS(r.message, "sealed with another key");
         free_input(&in);
         /* and the enclave still works */
@@ -637,6 +644,141 @@ static void rejected_batches(void **state)
         free_input(&in);
         ss_enclave_destroy(&e);
     }
+}
+
+/* An enclave whose host asks for everything a source is (position 0, the
+ * stage and name "source", this run's id) still seals its outputs and its
+ * statistics record as a worker: no start-up request makes it a source. A
+ * consumer after the source (position 1) refuses its output for that. The
+ * control: the same output opens for the consumer at position 2. */
+static void enclave_never_seals_as_source(void **state)
+{
+    (void)state;
+    const char *path = script("map.lua", MAP);
+    ss_envelope_t *at1;
+    assert_int_equal(ss_envelope_new(&key, &(ss_envelope_opts){ .run = run_a, .role = SS_MAKER_WORKER,
+                                                               .pos = 1 }, &at1), SS_OK);
+    for (size_t b = 0; b < 2; b++) {
+        for (int pinned = 0; pinned < 2; pinned++) {
+            ss_enclave_opts o;
+            assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
+            o.backend = backends[b];
+            o.script = path;
+            o.key_file = keyfile;
+            o.stage = "source";
+            o.name = "source";
+            o.pos = 0;
+            o.run = pinned ? run_a : NULL;
+            o.producer = PRODUCER_OUT;
+            ss_enclave_t *e = NULL;
+            char err[1024] = "";
+            assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_OK);
+            input in;
+            make_input(&in, "x\ny", 60 + pinned + 2 * b, 1, SS_DEFAULT_STREAM);
+            ss_ecall_result r;
+            assert_int_equal(call(e, &in, 700, 0, &r), SS_OK);
+            assert_int_equal(r.rejected, 0);
+            const uint8_t *plain;
+            size_t plen;
+            char why[256];
+            ss_open_info info;
+            assert_int_equal(ss_envelope_open(at1, r.header, r.lineage, r.lineage_len, r.payload,
+                                              r.payload_len, &plain, &plen, &info, why, sizeof why),
+                             SS_ERR_CRYPTO);
+            assert_true(info.authentic);
+            assert_int_equal(info.maker.role, SS_MAKER_WORKER);
+            assert_int_equal(info.maker.pos, 1);
+            ASSERT_CONTAINS(why, "made at stage position 1, expected 0");
+            char out[64];
+            open_output(&r, out, sizeof out);   /* the control: position 2 takes it */
+            assert_string_equal(out, "X|Y");
+            const uint8_t *rec;
+            size_t rlen;
+            ss_maker maker;
+            assert_int_equal(ss_enclave_finish(e, "0123456789abcdef", 701, &rec, &rlen), SS_OK);
+            assert_int_equal(ss_envelope_open_record(downstream, 701, "0123456789abcdef", rec, rlen,
+                                                     &plain, &plen, &maker, why, sizeof why), SS_OK);
+            assert_int_equal(maker.role, SS_MAKER_WORKER);
+            free_input(&in);
+            ss_enclave_destroy(&e);
+        }
+    }
+    ss_envelope_destroy(&at1);
+}
+
+/* An enclave told its run and position rejects input of another run, or
+ * made at another position than the one before its own, naming which; the
+ * control: the same enclave takes this run's batch from position 0. */
+static void enclave_checks_run_and_position(void **state)
+{
+    (void)state;
+    const char *path = script("map.lua", MAP);
+    static const uint8_t run_b[SS_RUN_BYTES] = { 0xb1 };
+    ss_envelope_t *old_run, *worker0;
+    assert_int_equal(ss_envelope_new(&key, &(ss_envelope_opts){ .run = run_b, .role = SS_MAKER_SOURCE,
+                                                               .pos = 0 }, &old_run), SS_OK);
+    assert_int_equal(ss_envelope_new(&key, &(ss_envelope_opts){ .run = run_a, .role = SS_MAKER_WORKER,
+                                                               .pos = 0 }, &worker0), SS_OK);
+    for (size_t b = 0; b < 2; b++) {
+        ss_enclave_opts o;
+        assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
+        o.backend = backends[b];
+        o.script = path;
+        o.key_file = keyfile;
+        o.stage = "map";
+        o.pos = 1;
+        o.run = run_a;
+        o.producer = PRODUCER_OUT;
+        ss_enclave_t *e = NULL;
+        char err[1024] = "";
+        assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_OK);
+        ss_ecall_result r;
+        input in;
+        ss_envelope_t *saved = upstream;
+        upstream = old_run;
+        make_input(&in, "a", 90, 1, SS_DEFAULT_STREAM);
+        upstream = saved;
+        assert_int_equal(call(e, &in, 800, 0, &r), SS_OK);
+        assert_int_equal(r.rejected, 1);
+        ASSERT_CONTAINS(r.message, "batch of another run (run b1000000");
+        free_input(&in);
+        upstream = worker0;
+        make_input(&in, "a", 91, 1, SS_DEFAULT_STREAM);
+        upstream = saved;
+        assert_int_equal(call(e, &in, 801, 0, &r), SS_OK);
+        assert_int_equal(r.rejected, 1);
+        ASSERT_CONTAINS(r.message, "made by a worker at stage position 0");
+        free_input(&in);
+        make_input(&in, "a", 92, 1, SS_DEFAULT_STREAM);   /* the control */
+        assert_int_equal(call(e, &in, 802, 0, &r), SS_OK);
+        assert_int_equal(r.rejected, 0);
+        char out[64];
+        open_output(&r, out, sizeof out);
+        assert_string_equal(out, "A");
+        free_input(&in);
+        ss_enclave_destroy(&e);
+    }
+    /* at position 3, this run's source batches come from too far back */
+    ss_enclave_opts o;
+    assert_int_equal(ss_enclave_opts_init(&o, NULL, 0), SS_OK);
+    o.backend = "inprocess";
+    o.script = path;
+    o.key_file = keyfile;
+    o.pos = 3;
+    o.run = run_a;
+    ss_enclave_t *e = NULL;
+    char err[1024] = "";
+    assert_int_equal(ss_enclave_new(&o, &e, err, sizeof err), SS_OK);
+    input in;
+    ss_ecall_result r;
+    make_input(&in, "a", 93, 1, SS_DEFAULT_STREAM);
+    assert_int_equal(call(e, &in, 803, 0, &r), SS_OK);
+    assert_int_equal(r.rejected, 1);
+    ASSERT_CONTAINS(r.message, "made at stage position 0, expected 2");
+    free_input(&in);
+    ss_enclave_destroy(&e);
+    ss_envelope_destroy(&old_run);
+    ss_envelope_destroy(&worker0);
 }
 
 /* Seal raw payload bytes as a batch header-counted `count` events. */
@@ -828,7 +970,10 @@ int main(int argc, char **argv)
     char err[256];
     ss_key_generate(&key);
     if (ss_key_save(&key, keyfile, err, sizeof err) != SS_OK
-        || ss_envelope_new(&key, &upstream) != SS_OK || ss_envelope_new(&key, &downstream) != SS_OK) {
+        || ss_envelope_new(&key, &(ss_envelope_opts){ .run = run_a, .role = SS_MAKER_SOURCE, .pos = 0 },
+                           &upstream) != SS_OK
+        || ss_envelope_new(&key, &(ss_envelope_opts){ .run = run_a, .role = SS_MAKER_WORKER, .pos = 2 },
+                           &downstream) != SS_OK) {
         fprintf(stderr, "set-up failed: %s\n", err);
         return 1;
     }
@@ -842,6 +987,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(budget_per_record),
         cmocka_unit_test(fail_policy),
         cmocka_unit_test(rejected_batches),
+        cmocka_unit_test(enclave_never_seals_as_source),
+        cmocka_unit_test(enclave_checks_run_and_position),
         cmocka_unit_test(refused_batches),
         cmocka_unit_test(killed_child_is_closed),
         cmocka_unit_test(startup_errors),

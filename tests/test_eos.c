@@ -779,9 +779,12 @@ static void source_bytes_unchanged(void **state)
             ss_envelope_t *env;
             const uint8_t *plain;
             size_t plen;
-            assert_int_equal(ss_envelope_new(&key, &env), SS_OK);
+            ss_maker maker;
+            assert_int_equal(ss_envelope_new(&key, NULL, &env), SS_OK);
             assert_int_equal(ss_envelope_open_record(env, v.n, hex, v.sealed, v.slen, &plain, &plen,
-                                                     err, sizeof err), SS_OK);
+                                                     &maker, err, sizeof err), SS_OK);
+            assert_int_equal(maker.role, SS_MAKER_SOURCE);   /* the source's own, at 0 */
+            assert_int_equal(maker.pos, 0);
             msgpack_unpacked ru;
             msgpack_unpacked_init(&ru);
             assert_int_equal(msgpack_unpack_next(&ru, (const char *)plain, plen, NULL),

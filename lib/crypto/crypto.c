@@ -6,7 +6,7 @@
  * a message or a log line. A sealer holds one session: a fresh random salt,
  * the subkey derived from it and, for AES-256-GCM, libsodium's precomputed
  * key schedule, so sealing is one call without allocation. An opener keeps
- * the last 16 sessions it met (salt -> subkey and AES state), replaced round
+ * the last 16 sessions it met (session -> subkey and AES state), replaced round
  * robin: a consumer fed by a handful of producers derives each subkey once.
  *
  * Invariants: a sealer refuses a sequence number that is not above the
@@ -21,7 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SUBKEY_CONTEXT "securestreams batch v1"
+#define SUBKEY_FILE "securestreams batch v1"     /* a sealed file's records */
+#define SUBKEY_STREAM "securestreams batch v2"   /* stream messages: bound to their maker */
+/* What a subkey is derived from after its context: role | salt | run | pos.
+ * A file record's session has role 0 and no run or position. */
+#define SESSION_BYTES (1 + SS_SALT_BYTES + SS_RUN_BYTES + 2)
 #define OPEN_CACHE 16                 /* sessions an opener remembers */
 #define NONCE_MAX 24                  /* XChaCha20; AES-256-GCM uses 12 */
 #define KEYFILE_MAX 4096              /* a key file is ~110 bytes */
@@ -72,6 +76,16 @@ const char *ss_cipher_name(ss_cipher c)
 int ss_cipher_known(unsigned c)
 {
     return c == SS_CIPHER_AES256GCM || c == SS_CIPHER_XCHACHA20;
+}
+
+const char *ss_maker_role_name(unsigned role)
+{
+    switch (role) {
+    case SS_MAKER_FILE: return "sealed file";
+    case SS_MAKER_SOURCE: return "source";
+    case SS_MAKER_WORKER: return "worker";
+    }
+    return "unknown role";
 }
 
 /* ---- keys ------------------------------------------------------------------ */
@@ -198,13 +212,42 @@ out:
 
 /* ---- sealing ---------------------------------------------------------------- */
 
-static void derive(const uint8_t key[SS_KEY_BYTES], const uint8_t salt[SS_SALT_BYTES],
+/* The session a payload's prefix names, as the bytes its subkey is derived
+ * from (after the context): role | salt | run | pos (u16 LE). */
+static void session_bytes(uint8_t out[SESSION_BYTES], uint8_t role, const uint8_t *salt,
+                          const uint8_t *run, uint16_t pos)
+{
+    memset(out, 0, SESSION_BYTES);
+    out[0] = role;
+    memcpy(out + 1, salt, SS_SALT_BYTES);
+    if (role != SS_MAKER_FILE) {
+        memcpy(out + 1 + SS_SALT_BYTES, run, SS_RUN_BYTES);
+        out[1 + SS_SALT_BYTES + SS_RUN_BYTES] = (uint8_t)pos;
+        out[2 + SS_SALT_BYTES + SS_RUN_BYTES] = (uint8_t)(pos >> 8);
+    }
+}
+
+/* File records: BLAKE2b(key, "securestreams batch v1" || salt); stream
+ * messages: BLAKE2b(key, "securestreams batch v2" || salt || run || role ||
+ * pos), so a payload's run, role and position cannot be changed. */
+static void derive(const uint8_t key[SS_KEY_BYTES], const uint8_t session[SESSION_BYTES],
                    uint8_t subkey[SS_KEY_BYTES])
 {
-    uint8_t msg[sizeof SUBKEY_CONTEXT - 1 + SS_SALT_BYTES];
-    memcpy(msg, SUBKEY_CONTEXT, sizeof SUBKEY_CONTEXT - 1);
-    memcpy(msg + sizeof SUBKEY_CONTEXT - 1, salt, SS_SALT_BYTES);
-    crypto_generichash(subkey, SS_KEY_BYTES, msg, sizeof msg, key, SS_KEY_BYTES);
+    uint8_t msg[sizeof SUBKEY_STREAM - 1 + SESSION_BYTES];
+    size_t n = sizeof SUBKEY_STREAM - 1;
+    const uint8_t *salt = session + 1, *run = salt + SS_SALT_BYTES, *pos = run + SS_RUN_BYTES;
+    memcpy(msg, session[0] == SS_MAKER_FILE ? SUBKEY_FILE : SUBKEY_STREAM, n);
+    memcpy(msg + n, salt, SS_SALT_BYTES);
+    n += SS_SALT_BYTES;
+    if (session[0] != SS_MAKER_FILE) {
+        memcpy(msg + n, run, SS_RUN_BYTES);
+        n += SS_RUN_BYTES;
+        msg[n++] = session[0];
+        memcpy(msg + n, pos, 2);
+        n += 2;
+    }
+    crypto_generichash(subkey, SS_KEY_BYTES, msg, n, key, SS_KEY_BYTES);
+    sodium_memzero(msg, sizeof msg);
 }
 
 static void make_nonce(uint8_t nonce[NONCE_MAX], uint64_t seq)
@@ -278,36 +321,69 @@ static void *secure_alloc(size_t n)
 
 struct ss_sealer {
     EVP_CIPHER_CTX *aes;               /* keyed with the subkey (AES only) */
+    uint8_t key[SS_KEY_BYTES];         /* the data key: ss_sealer_bind derives anew */
     uint8_t subkey[SS_KEY_BYTES];
-    uint8_t prefix[SS_SEAL_PREFIX];    /* cipher | 0 | key id | salt, copied into each payload */
+    uint8_t prefix[SS_SEAL_PREFIX];    /* cipher | role | key id | salt [| run | pos], copied
+                                          into each payload */
+    size_t prefix_len;                 /* SS_SEAL_PREFIX, or SS_SEAL_PREFIX_FILE */
     ss_cipher cipher;
     int used;                          /* a payload was sealed: `last` is meaningful */
     uint64_t last;                     /* seq of the last payload */
 };
 
-ss_err ss_sealer_new(const ss_key_t *k, ss_cipher c, ss_sealer_t **out)
+static int maker_ok(const ss_maker *m)
+{
+    return m->role == SS_MAKER_SOURCE || m->role == SS_MAKER_WORKER;
+}
+
+/* The prefix and subkey for maker m (NULL: a file session). */
+static void sealer_session(ss_sealer_t *s, const ss_maker *m)
+{
+    uint8_t session[SESSION_BYTES];
+    const uint8_t *salt = s->prefix + 2 + SS_KEY_ID_BYTES;
+    s->prefix[1] = m ? m->role : SS_MAKER_FILE;
+    s->prefix_len = m ? SS_SEAL_PREFIX : SS_SEAL_PREFIX_FILE;
+    if (m) {
+        uint8_t *p = s->prefix + SS_SEAL_PREFIX_FILE;
+        memcpy(p, m->run, SS_RUN_BYTES);
+        p[SS_RUN_BYTES] = (uint8_t)m->pos;
+        p[SS_RUN_BYTES + 1] = (uint8_t)(m->pos >> 8);
+    }
+    session_bytes(session, s->prefix[1], salt, m ? m->run : NULL, m ? m->pos : 0);
+    derive(s->key, session, s->subkey);
+}
+
+ss_err ss_sealer_new(const ss_key_t *k, ss_cipher c, const ss_maker *m, ss_sealer_t **out)
 {
     *out = NULL;
-    if (!ss_cipher_known(c))
+    if (!ss_cipher_known(c) || (m && !maker_ok(m)))
         return SS_ERR_USAGE;
     if (c == SS_CIPHER_AES256GCM && !crypto_aead_aes256gcm_is_available())
         return SS_ERR_CRYPTO;
     ss_sealer_t *s = secure_alloc(sizeof *s);
     if (!s)
         return SS_ERR_NOMEM;
-    uint8_t salt[SS_SALT_BYTES];
-    randombytes_buf(salt, sizeof salt);
-    derive(k->key, salt, s->subkey);
+    memcpy(s->key, k->key, SS_KEY_BYTES);
+    s->prefix[0] = (uint8_t)c;
+    memcpy(s->prefix + 2, k->id, SS_KEY_ID_BYTES);
+    randombytes_buf(s->prefix + 2 + SS_KEY_ID_BYTES, SS_SALT_BYTES);
+    sealer_session(s, m);
     if (c == SS_CIPHER_AES256GCM && !(s->aes = gcm_new(1, s->subkey))) {
         sodium_free(s);
         return SS_ERR_CRYPTO;
     }
-    s->prefix[0] = (uint8_t)c;
-    s->prefix[1] = 0;
-    memcpy(s->prefix + 2, k->id, SS_KEY_ID_BYTES);
-    memcpy(s->prefix + 2 + SS_KEY_ID_BYTES, salt, SS_SALT_BYTES);
     s->cipher = c;
     *out = s;
+    return SS_OK;
+}
+
+ss_err ss_sealer_bind(ss_sealer_t *s, const ss_maker *m)
+{
+    if (s->prefix_len != SS_SEAL_PREFIX || !maker_ok(m))
+        return SS_ERR_USAGE;
+    sealer_session(s, m);
+    if (s->aes && EVP_EncryptInit_ex(s->aes, NULL, NULL, s->subkey, NULL) != 1)
+        return SS_ERR_CRYPTO;
     return SS_OK;
 }
 
@@ -330,8 +406,8 @@ ss_err ss_seal(ss_sealer_t *s, uint64_t seq, const void *ad, size_t adlen,
         return SS_ERR_TOOBIG;
     uint8_t *o = out, nonce[NONCE_MAX];
     make_nonce(nonce, seq);
-    memcpy(o, s->prefix, SS_SEAL_PREFIX);
-    uint8_t *ct = o + SS_SEAL_PREFIX, *tag = ct + len;
+    memcpy(o, s->prefix, s->prefix_len);
+    uint8_t *ct = o + s->prefix_len, *tag = ct + len;
     unsigned long long taglen;
     int rc;
     if (s->cipher == SS_CIPHER_AES256GCM)
@@ -343,7 +419,7 @@ ss_err ss_seal(ss_sealer_t *s, uint64_t seq, const void *ad, size_t adlen,
         return SS_ERR_CRYPTO;
     s->used = 1;
     s->last = seq;
-    *outlen = len + SS_SEAL_OVERHEAD;
+    *outlen = len + s->prefix_len + SS_TAG_BYTES;
     return SS_OK;
 }
 
@@ -352,7 +428,7 @@ ss_err ss_seal(ss_sealer_t *s, uint64_t seq, const void *ad, size_t adlen,
 typedef struct {
     EVP_CIPHER_CTX *aes;               /* made with the opener; keyed when has_aes */
     uint8_t subkey[SS_KEY_BYTES];
-    uint8_t salt[SS_SALT_BYTES];
+    uint8_t id[SESSION_BYTES];         /* role | salt | run | pos */
     uint8_t used, has_aes;
 } session;
 
@@ -393,36 +469,52 @@ void ss_opener_destroy(ss_opener_t **o)
     *o = NULL;
 }
 
-static session *find_session(ss_opener_t *o, const uint8_t salt[SS_SALT_BYTES])
+static session *find_session(ss_opener_t *o, const uint8_t id[SESSION_BYTES])
 {
     for (unsigned i = 0; i < OPEN_CACHE; i++)
-        if (o->cache[i].used && memcmp(o->cache[i].salt, salt, SS_SALT_BYTES) == 0)
+        if (o->cache[i].used && memcmp(o->cache[i].id, id, SESSION_BYTES) == 0)
             return &o->cache[i];
     session *s = &o->cache[o->next];
     o->next = (o->next + 1) % OPEN_CACHE;
-    memcpy(s->salt, salt, SS_SALT_BYTES);
-    derive(o->key, salt, s->subkey);
+    memcpy(s->id, id, SESSION_BYTES);
+    derive(o->key, id, s->subkey);
     s->used = 1;
     s->has_aes = 0;
     return s;
 }
 
-ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
-               const void *sealed, size_t len, void *out, size_t *outlen,
-               char *why, size_t whylen)
+int ss_open_foreign(const ss_opener_t *o, const void *sealed, size_t len,
+                    char id[2 * SS_KEY_ID_BYTES + 1])
 {
     const uint8_t *p = sealed;
-    if (len < SS_SEAL_OVERHEAD) {
+    if (len < 2 + SS_KEY_ID_BYTES || sodium_memcmp(p + 2, o->id, SS_KEY_ID_BYTES) == 0)
+        return 0;
+    ss_key_id_hex(p + 2, id);
+    return 1;
+}
+
+ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
+               const void *sealed, size_t len, void *out, size_t *outlen,
+               ss_maker *maker, char *why, size_t whylen)
+{
+    const uint8_t *p = sealed;
+    if (len < SS_SEAL_OVERHEAD_FILE) {
         ss_say(why, whylen, "too short (%zu bytes; a sealed payload has at least %d)", len,
-            SS_SEAL_OVERHEAD);
+            SS_SEAL_OVERHEAD_FILE);
         return SS_ERR_FORMAT;
     }
     if (!ss_cipher_known(p[0])) {
         ss_say(why, whylen, "unknown cipher %u", p[0]);
         return SS_ERR_CRYPTO;
     }
-    if (p[1] != 0) {
-        ss_say(why, whylen, "reserved byte is %u, not 0", p[1]);
+    if (p[1] != SS_MAKER_FILE && p[1] != SS_MAKER_SOURCE && p[1] != SS_MAKER_WORKER) {
+        ss_say(why, whylen, "unknown maker role %u", p[1]);
+        return SS_ERR_FORMAT;
+    }
+    size_t prefix = p[1] == SS_MAKER_FILE ? SS_SEAL_PREFIX_FILE : SS_SEAL_PREFIX;
+    if (len < prefix + SS_TAG_BYTES) {
+        ss_say(why, whylen, "too short (%zu bytes; a sealed payload of a %s has at least %zu)", len,
+            ss_maker_role_name(p[1]), prefix + SS_TAG_BYTES);
         return SS_ERR_FORMAT;
     }
     if (sodium_memcmp(p + 2, o->id, SS_KEY_ID_BYTES) != 0) {
@@ -436,9 +528,17 @@ ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
         ss_say(why, whylen, "sealed with AES-256-GCM, which this CPU cannot run (no AES-NI)");
         return SS_ERR_CRYPTO;
     }
-    session *s = find_session(o, p + 2 + SS_KEY_ID_BYTES);
-    size_t n = len - SS_SEAL_OVERHEAD;
-    const uint8_t *ct = p + SS_SEAL_PREFIX, *tag = ct + n;
+    ss_maker m = { .role = p[1] };
+    if (m.role != SS_MAKER_FILE) {
+        memcpy(m.run, p + SS_SEAL_PREFIX_FILE, SS_RUN_BYTES);
+        m.pos = (uint16_t)(p[SS_SEAL_PREFIX_FILE + SS_RUN_BYTES]
+                           | p[SS_SEAL_PREFIX_FILE + SS_RUN_BYTES + 1] << 8);
+    }
+    uint8_t id[SESSION_BYTES];
+    session_bytes(id, m.role, p + 2 + SS_KEY_ID_BYTES, m.run, m.pos);
+    session *s = find_session(o, id);
+    size_t n = len - prefix - SS_TAG_BYTES;
+    const uint8_t *ct = p + prefix, *tag = ct + n;
     uint8_t nonce[NONCE_MAX];
     make_nonce(nonce, seq);
     int rc;
@@ -456,10 +556,12 @@ ss_err ss_open(ss_opener_t *o, uint64_t seq, const void *ad, size_t adlen,
     }
     if (rc != 0) {
         sodium_memzero(out, n);
-        ss_say(why, whylen, "authentication failed (tampered, reordered or replayed under another "
-            "position)");
+        ss_say(why, whylen, "authentication failed (tampered, reordered, replayed under another "
+            "position, or its run, role or stage position changed)");
         return SS_ERR_CRYPTO;
     }
+    if (maker)
+        *maker = m;
     *outlen = n;
     return SS_OK;
 }

@@ -328,7 +328,7 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
     snprintf(where, sizeof where, "%s: record %llu at offset %llu", f->path,
              (unsigned long long)f->next_seq, (unsigned long long)f->off);
     uint32_t llen = ss_get_u32(f->buf + f->pos), plen = ss_get_u32(f->buf + f->pos + 4);
-    if ((llen != 0 && llen != SS_LINEAGE_ENTRY) || plen < SS_SEAL_OVERHEAD
+    if ((llen != 0 && llen != SS_LINEAGE_ENTRY) || plen < SS_SEAL_OVERHEAD_FILE
         || (uint64_t)SS_HEADER_SIZE + llen + plen > SS_MAX_MESSAGE) {
         ss_say(err, errlen, "%s: lineage length %u and payload length %u are not a sealed record's "
             "(damaged file?)", where, llen, plen);
@@ -375,11 +375,11 @@ static ss_err sealed_next(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **r
         uint8_t plain[EOS_PAYLOAD_MAX];
         size_t n;
         char why[160];
-        if (plen > sizeof plain + SS_SEAL_OVERHEAD) {
+        if (plen > sizeof plain + SS_SEAL_OVERHEAD_FILE) {
             ss_say(err, errlen, "%s: end-of-stream payload of %u bytes is too long", where, plen);
             return SS_ERR_FORMAT;
         }
-        if ((rc = ss_open(f->opener, h->seq, r, SS_HEADER_SIZE, pl, plen, plain, &n, why,
+        if ((rc = ss_open(f->opener, h->seq, r, SS_HEADER_SIZE, pl, plen, plain, &n, NULL, why,
                           sizeof why)) != SS_OK) {
             ss_say(err, errlen, "%s (end of stream): %s", where, why);
             return rc;
@@ -417,6 +417,29 @@ ss_err ss_sealed_file_next(ss_sealed_file_t *f, ss_header_t *h,
 {
     const uint8_t *raw;
     return sealed_next(f, h, &raw, lineage, lineage_len, payload, payload_len, err, errlen);
+}
+
+ss_err ss_sealed_file_next_open(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **lineage,
+                                size_t *lineage_len, uint8_t *plain, size_t cap, size_t *plain_len,
+                                char *err, size_t errlen)
+{
+    const uint8_t *raw, *pl;
+    size_t plen;
+    char why[200];
+    uint64_t off = f->off;
+    ss_err rc = sealed_next(f, h, &raw, lineage, lineage_len, &pl, &plen, err, errlen);
+    if (rc != SS_OK)
+        return rc;
+    if (plen - SS_SEAL_OVERHEAD_FILE > cap) {
+        ss_say(err, errlen, "%s: batch %llu at offset %llu: %zu bytes, more than %zu", f->path,
+               (unsigned long long)h->seq, (unsigned long long)off, plen - SS_SEAL_OVERHEAD_FILE, cap);
+        return SS_ERR_TOOBIG;
+    }
+    if ((rc = ss_open(f->opener, h->seq, raw, SS_HEADER_SIZE + *lineage_len, pl, plen, plain,
+                      plain_len, NULL, why, sizeof why)) != SS_OK)
+        ss_say(err, errlen, "%s: batch %llu at offset %llu: %s", f->path, (unsigned long long)h->seq,
+               (unsigned long long)off, why);
+    return rc;
 }
 
 /* ---- output through a temporary file ---------------------------------------- */
@@ -555,7 +578,7 @@ typedef struct {
 static ss_err put_record(encrypter *e, const ss_header_t *h, size_t llen, const void *plain,
                          size_t plen, char *err, size_t errlen)
 {
-    size_t need = RECORD_LENGTHS + SS_HEADER_SIZE + llen + plen + SS_SEAL_OVERHEAD;
+    size_t need = RECORD_LENGTHS + SS_HEADER_SIZE + llen + plen + SS_SEAL_OVERHEAD_FILE;
     if (need > e->reccap) {
         uint8_t *r = realloc(e->rec, need);
         if (!r) {
@@ -568,7 +591,7 @@ static ss_err put_record(encrypter *e, const ss_header_t *h, size_t llen, const 
     uint8_t *ad = e->rec + RECORD_LENGTHS;
     size_t slen;
     ss_put_u32(e->rec, (uint32_t)llen);
-    ss_put_u32(e->rec + 4, (uint32_t)(plen + SS_SEAL_OVERHEAD));
+    ss_put_u32(e->rec + 4, (uint32_t)(plen + SS_SEAL_OVERHEAD_FILE));
     ss_header_encode(h, ad);
     if (llen)
         ss_lineage_put(ad + SS_HEADER_SIZE, 0, (ss_lineage_id){ e->id, h->seq });
@@ -692,7 +715,7 @@ ss_err ss_sealed_file_encrypt(const char *in, const char *out, const ss_key_t *k
         ss_say(err, errlen, "out of memory");
         goto out;
     }
-    if ((rc = ss_sealer_new(k, o->cipher, &e.sealer)) != SS_OK) {
+    if ((rc = ss_sealer_new(k, o->cipher, NULL, &e.sealer)) != SS_OK) {
         ss_say(err, errlen, "cannot seal with %s on this machine", ss_cipher_name(o->cipher));
         goto out;
     }
@@ -871,8 +894,8 @@ ss_err ss_sealed_file_decrypt(const char *in, const char *out, const ss_key_t *k
             break;
         if (rc != SS_OK)
             goto out;
-        if (!plain || plen - SS_SEAL_OVERHEAD > plaincap) {
-            size_t c = plen - SS_SEAL_OVERHEAD < 64 ? 64 : plen - SS_SEAL_OVERHEAD;
+        if (!plain || plen - SS_SEAL_OVERHEAD_FILE > plaincap) {
+            size_t c = plen - SS_SEAL_OVERHEAD_FILE < 64 ? 64 : plen - SS_SEAL_OVERHEAD_FILE;
             uint8_t *p = realloc(plain, c);
             if (!p) {
                 ss_say(err, errlen, "out of memory for a batch of %zu bytes", c);
@@ -882,7 +905,7 @@ ss_err ss_sealed_file_decrypt(const char *in, const char *out, const ss_key_t *k
             plain = p;
             plaincap = c;
         }
-        rc = ss_open(f->opener, h.seq, raw, SS_HEADER_SIZE + llen, pl, plen, plain, &n, why,
+        rc = ss_open(f->opener, h.seq, raw, SS_HEADER_SIZE + llen, pl, plen, plain, &n, NULL, why,
                      sizeof why);
         if (rc == SS_OK)
             rc = join_lines(plain, n, h.count, &end, why, sizeof why);

@@ -1,7 +1,8 @@
 /*
  * sealed.h - sealed files: lines at rest, sealed in streamable batches
- * (docs/crypto.md). A sealed file is the stream itself, as it travels:
- * `securestreams encrypt` writes one, a source streams it without opening it,
+ * (docs/crypto.md). A sealed file holds the stream's batches sealed with
+ * the data key, bound to the file (not to a run): `securestreams encrypt`
+ * writes one, a source opens each record and seals it again into its run,
  * `securestreams decrypt` checks every record and gives the lines back.
  */
 #ifndef SS_SEALED_H
@@ -9,8 +10,9 @@
 
 #include "crypto/crypto.h"
 
-/* The largest batch payload a sealed file holds: one sealed message of at
- * most SS_MAX_MESSAGE bytes with a single lineage entry. */
+/* The largest batch payload a sealed file holds: once sealed again into a
+ * run (SS_SEAL_OVERHEAD), one message of at most SS_MAX_MESSAGE bytes with
+ * a single lineage entry. */
 #define SS_SEALED_BATCH_MAX (SS_MAX_MESSAGE - SS_HEADER_SIZE - SS_LINEAGE_ENTRY - SS_SEAL_OVERHEAD)
 
 /* Sealed files (docs/crypto.md): a 64-byte file header, then records that
@@ -44,6 +46,13 @@ ss_err ss_sealed_file_next(ss_sealed_file_t *f, ss_header_t *h,
                            const uint8_t **lineage, size_t *lineage_len,
                            const uint8_t **payload, size_t *payload_len,
                            char *err, size_t errlen);
+/* The next DATA record opened: as ss_sealed_file_next, with the batch's
+ * plaintext (AD = header || lineage checked) in plain[0..*plain_len), cap
+ * at least SS_SEALED_BATCH_MAX; SS_ERR_CRYPTO, naming record and offset,
+ * when it does not authenticate. Allocates nothing. */
+ss_err ss_sealed_file_next_open(ss_sealed_file_t *f, ss_header_t *h, const uint8_t **lineage,
+                                size_t *lineage_len, uint8_t *plain, size_t cap, size_t *plain_len,
+                                char *err, size_t errlen);
 void ss_sealed_file_close(ss_sealed_file_t **f);
 
 /* encrypt and decrypt as functions (the commands are thin wrappers).

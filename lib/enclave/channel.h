@@ -22,6 +22,7 @@
 #define SS_ENCLAVE_CHANNEL_H
 
 #include "base/common.h"
+#include "crypto/crypto.h"
 #include "wire/frame.h"
 
 #include <stdatomic.h>
@@ -58,6 +59,7 @@ typedef struct {
     int32_t status;            /* ss_err */
     uint32_t has_output;
     uint32_t in, out, skipped, rejected, refused;
+    uint32_t foreign;          /* the input was sealed with another key */
     uint32_t stateful;         /* SS_OP_INIT */
     uint64_t lineage_len;      /* output: header (40) | lineage | payload in the out area */
     uint64_t payload_len;
@@ -89,6 +91,8 @@ _Static_assert(sizeof(ss_channel_ctl) <= SS_CHANNEL_CTL_BYTES, "control block to
 typedef struct {
     uint64_t heap, budget_ms, producer;
     uint32_t stream, fail, pos, is_code;
+    uint8_t run[SS_RUN_BYTES];          /* the run id, when run_given */
+    uint32_t run_given;
     uint32_t off[5], len[5];            /* indexed by ss_init_string */
 } ss_channel_init;
 

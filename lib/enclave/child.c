@@ -65,7 +65,9 @@ static int read_init(const uint8_t *in, ss_core_opts *co, char *strs[SS_INIT_COU
     *co = (ss_core_opts){
         .heap = (size_t)w.heap, .budget_ms = w.budget_ms, .producer = w.producer, .stream = w.stream,
         .fail = w.fail != 0, .pos = (int)w.pos, .is_code = w.is_code != 0,
+        .run_given = w.run_given != 0,
     };
+    memcpy(co->run, w.run, SS_RUN_BYTES);
     int ok = 1;
     for (int i = 0; i < SS_INIT_COUNT; i++) {
         const char *shared = init_string(in, &w, i);
@@ -76,7 +78,7 @@ static int read_init(const uint8_t *in, ss_core_opts *co, char *strs[SS_INIT_COU
     co->key_file = strs[SS_INIT_KEY_FILE];
     co->stage = strs[SS_INIT_STAGE];
     co->name = strs[SS_INIT_NAME];
-    if (!ok || co->heap < SS_CORE_MIN_HEAP || co->heap > SS_CORE_MAX_HEAP
+    if (!ok || w.pos > UINT16_MAX || co->heap < SS_CORE_MIN_HEAP || co->heap > SS_CORE_MAX_HEAP
         || co->budget_ms < SS_CORE_MIN_BUDGET || co->budget_ms > SS_CORE_MAX_BUDGET)
         return -1;
     return 0;

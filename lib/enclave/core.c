@@ -45,14 +45,15 @@
 
 struct ss_core {
     char stage[128], name[128];
-    int pos, fail;
+    int fail;
     uint64_t producer;
     uint32_t stream;
     size_t heap;
     uint64_t budget_ms;
 
-    ss_envelope_t *env;                 /* opens input */
+    ss_envelope_t *env;                 /* opens input; knows this core's run and position */
     ss_sealer_t *sealer;                /* seals output and records: made before lockdown */
+    int bound;                          /* the sealer seals as the envelope's run and position */
     ss_batch_writer writer;             /* the output batch, storage at its limit */
     uint8_t *buf;                       /* SS_CORE_BUF_BYTES: input copy, then the sealed output */
     uint8_t *ad;                        /* output header || lineage */
@@ -84,6 +85,7 @@ struct ss_core {
 
     struct {
         uint64_t in, out, skipped, refused, rejected, batches;
+        uint64_t foreign;               /* batches sealed with another key */
         uint64_t redelivered;           /* batches given with the redelivered flag */
     } stats;
     char measurement[65];
@@ -173,20 +175,33 @@ void ss_core_destroy(ss_core_t **cp)
     *cp = NULL;
 }
 
-/* The data key: an envelope to open input, a sealer for output. */
-static ss_err load_key(ss_core_t *c, const char *key_file, char *err, size_t errlen)
+/* The data key: an envelope to open input, a sealer for output. Both as a
+ * worker, whatever the start-up request says; run and position from it, or
+ * adopted from the first input. */
+static ss_err load_key(ss_core_t *c, const ss_core_opts *o, char *err, size_t errlen)
 {
     ss_key_t key;
-    if (!key_file || !*key_file) {
+    if (!o->key_file || !*o->key_file) {
         ss_say(err, errlen, "the enclave needs a data key file");
         return SS_ERR_USAGE;
     }
-    ss_err rc = ss_key_load(&key, key_file, err, errlen);
+    if (o->pos < 0 || o->pos > UINT16_MAX) {
+        ss_say(err, errlen, "stage position %d is out of range", o->pos);
+        return SS_ERR_USAGE;
+    }
+    ss_err rc = ss_key_load(&key, o->key_file, err, errlen);
     if (rc != SS_OK)
         return rc;
-    rc = ss_envelope_new(&key, &c->env);
-    if (rc == SS_OK)
-        rc = ss_sealer_new(&key, ss_crypto_default_cipher(), &c->sealer);
+    ss_envelope_opts eo = { .run = o->run_given ? o->run : NULL, .role = SS_MAKER_WORKER,
+                            .pos = o->pos > 0 ? o->pos : -1 };
+    ss_maker self;
+    rc = ss_envelope_new(&key, &eo, &c->env);
+    if (rc == SS_OK) {
+        int run_known, pos_known;
+        ss_envelope_self(c->env, &self, &run_known, &pos_known);
+        c->bound = run_known && pos_known;
+        rc = ss_sealer_new(&key, ss_crypto_default_cipher(), &self, &c->sealer);
+    }
     ss_key_cleanup(&key);
     if (rc != SS_OK)
         ss_say(err, errlen, "cannot set up the data key: %s", ss_strerror(rc));
@@ -248,14 +263,13 @@ ss_err ss_core_prepare(const ss_core_opts *o, ss_core_t **out, char *err, size_t
     c->batch_ref = c->init_ref = c->chunk_ref = LUA_NOREF;
     snprintf(c->stage, sizeof c->stage, "%s", o->stage && *o->stage ? o->stage : "stage");
     snprintf(c->name, sizeof c->name, "%s", o->name && *o->name ? o->name : c->stage);
-    c->pos = o->pos;
     c->fail = o->fail;
     c->producer = o->producer;
     c->stream = o->stream;
     c->heap = o->heap;
     c->budget_ms = o->budget_ms;
 
-    if ((rc = load_key(c, o->key_file, err, errlen)) != SS_OK
+    if ((rc = load_key(c, o, err, errlen)) != SS_OK
         || (rc = make_buffers(c, err, errlen)) != SS_OK)
         goto out;
     if (o->is_code) {
@@ -526,10 +540,30 @@ static int open_input(ss_core_t *c, const uint8_t *hdr, const uint8_t *lineage, 
     char why[256];
     const uint8_t *plain;
     size_t plain_len;
-    if (ss_envelope_open(c->env, hdr, lineage, llen, payload, plen, &plain, &plain_len, why,
+    ss_open_info info;
+    if (ss_envelope_open(c->env, hdr, lineage, llen, payload, plen, &plain, &plain_len, &info, why,
                          sizeof why) != SS_OK) {
+        if (info.foreign) {
+            /* never a reason to stop: counted, said, acknowledged by the host */
+            rep->foreign = 1;
+            c->stats.foreign++;
+            ss_say(rep->message, sizeof rep->message,
+                   "stage %s: batch %llu of producer %016llx: %s", c->stage,
+                   (unsigned long long)h->seq, (unsigned long long)h->producer, why);
+            return 0;
+        }
         reject(c, rep, h->producer, h->seq, why);
         return 0;
+    }
+    if (!c->bound) {
+        /* the first input fixed the run and position: seal as that from now on */
+        ss_maker self;
+        ss_envelope_self(c->env, &self, NULL, NULL);
+        if (ss_sealer_bind(c->sealer, &self) != SS_OK) {
+            reject(c, rep, h->producer, h->seq, "cannot bind the sealer to the run");
+            return 0;
+        }
+        c->bound = 1;
     }
     if (ss_replay_check(c->replay, h->producer, h->seq, why, sizeof why) != 1) {
         reject(c, rep, h->producer, h->seq, why);
@@ -694,18 +728,21 @@ ss_err ss_core_finish(ss_core_t *c, const char *id, uint64_t seq, ss_channel_rep
     ss_fixbuf b;
     msgpack_packer pk;
     ss_fixbuf_init(&b, &pk, storage, sizeof storage);
-    msgpack_pack_map(&pk, 10);
+    ss_maker self;
+    ss_envelope_self(c->env, &self, NULL, NULL);
+    msgpack_pack_map(&pk, 11);
     ss_pack_str(&pk, "stage");
     ss_pack_str(&pk, c->stage);
     ss_pack_str(&pk, "name");
     ss_pack_str(&pk, c->name);
     ss_pack_str(&pk, "pos");
-    msgpack_pack_int64(&pk, c->pos);
+    msgpack_pack_int64(&pk, self.pos);
     ss_pack_kv_u64(&pk, "in", c->stats.in);
     ss_pack_kv_u64(&pk, "out", c->stats.out);
     ss_pack_kv_u64(&pk, "skipped", c->stats.skipped);
     ss_pack_kv_u64(&pk, "refused", c->stats.refused);
     ss_pack_kv_u64(&pk, "rejected", c->stats.rejected);
+    ss_pack_kv_u64(&pk, "foreign", c->stats.foreign);
     ss_pack_kv_u64(&pk, "batches", c->stats.batches);
     ss_pack_kv_u64(&pk, "redelivered", c->stats.redelivered);
     if (b.over) {

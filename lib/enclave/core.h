@@ -9,6 +9,12 @@
  * (checking its header, stream, lineage, authenticity and freshness), runs
  * its events through the chain and seals what the chain emitted.
  *
+ * Whatever its host asks, a core seals as a worker (SS_MAKER_WORKER): no
+ * field of the start-up request can make it seal as a source. Its run id and
+ * stage position come from the host (nothing better exists before
+ * attestation): a host that lies gets outputs bound to the wrong run or
+ * position, which consumers reject.
+ *
  * Invariants: a call reads its input only from the pointers it is given,
  * which the child points at its private copy, and builds the associated
  * data of what it seals in its own memory, so what it opens is what it acts
@@ -40,7 +46,10 @@ typedef struct {
     const char *code_name, *key_file, *stage, *name;
     size_t heap;             /* SS_CORE_MIN_HEAP .. SS_CORE_MAX_HEAP */
     uint64_t budget_ms;      /* SS_CORE_MIN_BUDGET .. SS_CORE_MAX_BUDGET */
-    int fail, pos;
+    int fail;
+    int pos;                 /* stage position; 0: the first input's maker's + 1 */
+    uint8_t run[SS_RUN_BYTES];
+    int run_given;           /* 0: the run of the first authentic input */
     uint64_t producer;
     uint32_t stream;
 } ss_core_opts;
@@ -65,8 +74,9 @@ ss_err ss_core_batch(ss_core_t *c, const uint8_t *hdr, const uint8_t *lineage, s
                      ss_channel_reply *rep);
 ss_err ss_core_flush(ss_core_t *c, uint64_t seq, ss_channel_reply *rep);
 /* The statistics record: {stage, name, pos, in, out, skipped, refused,
- * rejected, batches, redelivered} sealed under SS_RECORD_AD || id, nonce
- * seq; its length in rep->payload_len. */
+ * rejected, foreign, batches, redelivered} sealed under SS_RECORD_AD || id,
+ * nonce seq, as a worker of this run and position (run zeros when no input
+ * ever fixed it); its length in rep->payload_len. */
 ss_err ss_core_finish(ss_core_t *c, const char *id, uint64_t seq, ss_channel_reply *rep);
 /* An empty call (a real one: never inlined). Clears rep up to its
  * measurement. */

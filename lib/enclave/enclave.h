@@ -51,7 +51,12 @@ typedef struct {
                                 another stream is rejected (default SS_STREAM
                                 or SS_DEFAULT_STREAM) */
     const char *name;        /* component name in the statistics (default: stage) */
-    int pos;                 /* stage position in the statistics */
+    int pos;                 /* stage position (1..n): what its outputs are bound to, and
+                                its inputs must come from pos - 1; 0 adopts the first
+                                input's maker's position + 1 */
+    const uint8_t *run;      /* the run id (SS_RUN_BYTES) its input and output are bound
+                                to; NULL adopts the first authentic input's. An enclave
+                                always seals as a worker: nothing here makes it a source */
     const char *program;     /* isolated: the executable run as the enclave; it
                                 must dispatch `enclave-child` to ss_enclave_child_main
                                 (default /proc/self/exe) */
@@ -97,6 +102,8 @@ typedef struct {
     size_t payload_len;
     uint32_t in, out, skipped;   /* events of this call */
     uint32_t rejected;           /* 1 when the input batch was rejected */
+    uint32_t foreign;            /* 1 when it was sealed with another key (not rejected:
+                                    counted apart, never a reason to stop) */
     uint32_t refused;            /* 1 when it authenticated but is not a batch */
     char message[1024];          /* first error messages of this call ("" if none) */
 } ss_ecall_result;

@@ -187,6 +187,7 @@ static ss_err take_reply(ss_enclave_t *e, const ss_channel_reply *shared, const 
     r->skipped = rep->skipped;
     r->rejected = rep->rejected;
     r->refused = rep->refused;
+    r->foreign = rep->foreign;
     memcpy(r->message, rep->message, sizeof r->message);
     r->message[sizeof r->message - 1] = 0;
     if (rep->has_output) {
@@ -394,7 +395,9 @@ static ss_err put_init(ss_enclave_t *e, const ss_core_opts *co, char *err, size_
     ss_channel_init w = {
         .heap = co->heap, .budget_ms = co->budget_ms, .producer = co->producer, .stream = co->stream,
         .fail = (uint32_t)(co->fail != 0), .pos = (uint32_t)co->pos, .is_code = (uint32_t)co->is_code,
+        .run_given = (uint32_t)(co->run_given != 0),
     };
+    memcpy(w.run, co->run, SS_RUN_BYTES);
     const char *s[SS_INIT_COUNT] = { co->code, co->code_name, co->key_file, co->stage, co->name };
     uint8_t *in = e->ch.in;
     size_t at = sizeof w;
@@ -606,7 +609,10 @@ ss_err ss_enclave_new(const ss_enclave_opts *o, ss_enclave_t **out, char *err, s
         .code = o->script ? o->script : o->code, .is_code = o->code != NULL,
         .code_name = o->code_name, .key_file = o->key_file, .stage = o->stage, .name = o->name,
         .fail = o->fail_on_error, .pos = o->pos, .producer = o->producer, .stream = o->stream,
+        .run_given = o->run != NULL,
     };
+    if (o->run)
+        memcpy(co.run, o->run, SS_RUN_BYTES);
     ss_err rc = resolve(o, &co.heap, &co.budget_ms, err, errlen);
     if (rc != SS_OK)
         return rc;

@@ -6,6 +6,7 @@
  */
 #include "enclave/enclave.h"
 #include "lua/lstate.h"
+#include "wire/envelope.h"
 
 #include <lauxlib.h>
 #include <string.h>
@@ -18,7 +19,9 @@ typedef struct {
 } lenclave;
 
 /* enclave.new{ backend=, script= | code=, name=, key_file=, stage=, fail=,
- *              producer=, stream=, heap=, budget_ms=, pos= } -> enclave */
+ *              producer=, stream=, heap=, budget_ms=, pos=, run= } -> enclave
+ * run: the run id as 32 hex digits (absent: the first input's). There is no
+ * role: an enclave always seals as a worker. */
 static int net_enclave(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -38,6 +41,12 @@ static int net_enclave(lua_State *L)
     if (lua_getfield(L, 1, "heap") == LUA_TNUMBER) o.heap_bytes = (size_t)lua_tointeger(L, -1);
     if (lua_getfield(L, 1, "budget_ms") == LUA_TNUMBER) o.budget_ms = (uint64_t)lua_tointeger(L, -1);
     if (lua_getfield(L, 1, "pos") == LUA_TNUMBER) o.pos = (int)lua_tointeger(L, -1);
+    uint8_t run[SS_RUN_BYTES];
+    if (lua_getfield(L, 1, "run") == LUA_TSTRING) {
+        if (ss_run_parse(lua_tostring(L, -1), run) != SS_OK)
+            return luaL_error(L, "run: expected 32 hex digits, got \"%s\"", lua_tostring(L, -1));
+        o.run = run;
+    }
     lenclave *le = lua_newuserdatauv(L, sizeof *le, 0);
     le->e = NULL;
     luaL_setmetatable(L, ENCLAVE_MT);
@@ -55,7 +64,7 @@ static lenclave *check_enclave(lua_State *L)
 }
 
 /* The outcome of a call as a table reused by the caller:
- * {output = bool, header, lineage, payload, in, out, skipped, rejected, message} */
+ * {output = bool, header, lineage, payload, in, out, skipped, rejected, foreign, message} */
 static int push_result(lua_State *L, const ss_ecall_result *r)
 {
     lua_createtable(L, 0, 9);
@@ -77,6 +86,8 @@ static int push_result(lua_State *L, const ss_ecall_result *r)
     lua_setfield(L, -2, "skipped");
     lua_pushboolean(L, r->rejected);
     lua_setfield(L, -2, "rejected");
+    lua_pushboolean(L, r->foreign);
+    lua_setfield(L, -2, "foreign");
     lua_pushstring(L, r->message);
     lua_setfield(L, -2, "message");
     return 1;

@@ -176,12 +176,81 @@ static int net_decode(lua_State *L)
     return 1;
 }
 
+/* net.encode(v) -> the MessagePack document of a Lua value (as the codec
+ * writes a batch's events; tools and tests build protocol maps with it) */
+static int net_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    char *buf = NULL;
+    size_t len;
+    lua_settop(L, 1);
+    if (ss_codec_encode(L, 1, &buf, &len) != SS_OK) {
+        free(buf);
+        return luaL_error(L, "cannot encode this value");
+    }
+    lua_pushlstring(L, buf, len);
+    free(buf);
+    return 1;
+}
+
 /* ---- data keys ---- */
 
 typedef struct {
     ss_key_t key;
-    ss_envelope_t *env;   /* for records (statistics), made on first use */
+    ss_envelope_t *env;   /* for records (statistics) and open_batch, made on first use:
+                             any position, the run of the first batch it opens */
 } lkey;
+
+static ss_err key_env(lkey *k)
+{
+    ss_envelope_opts eo = { .run = NULL, .role = SS_MAKER_WORKER, .pos = SS_ENVELOPE_ANY_POS };
+    return k->env ? SS_OK : ss_envelope_new(&k->key, &eo, &k->env);
+}
+
+/* Where a link stands in its run, from its options {run = HEX, pos = N,
+ * source = true}: run absent adopts the first input's, pos absent likewise
+ * (one after its maker's); `source` seals as a source (only zmq-rx's source
+ * loop asks for it). run[] is the storage o->run points to. */
+static void run_opts(lua_State *L, int idx, ss_envelope_opts *o, uint8_t run[SS_RUN_BYTES])
+{
+    o->run = NULL;
+    o->role = SS_MAKER_WORKER;
+    o->pos = -1;
+    if (!lua_istable(L, idx))
+        return;
+    if (lua_getfield(L, idx, "run") == LUA_TSTRING) {
+        if (ss_run_parse(lua_tostring(L, -1), run) != SS_OK)
+            luaL_error(L, "run: expected 32 hex digits, got \"%s\"", lua_tostring(L, -1));
+        o->run = run;
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "run: expected 32 hex digits, got a %s", luaL_typename(L, -1));
+    }
+    if (lua_getfield(L, idx, "pos") != LUA_TNIL) {
+        lua_Integer pos = luaL_checkinteger(L, -1);
+        if (pos < 0 || pos > UINT16_MAX)
+            luaL_error(L, "pos: %I is not a stage position", pos);
+        o->pos = (int)pos;
+    }
+    if (lua_getfield(L, idx, "source") == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
+        o->role = SS_MAKER_SOURCE;
+        o->pos = 0;
+    }
+    lua_pop(L, 3);
+}
+
+/* {run = hex, role = name, pos = n}: who made a payload */
+static void push_maker(lua_State *L, const ss_maker *m)
+{
+    char hex[2 * SS_RUN_BYTES + 1];
+    ss_run_hex(m->run, hex);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, hex);
+    lua_setfield(L, -2, "run");
+    lua_pushstring(L, ss_maker_role_name(m->role));
+    lua_setfield(L, -2, "role");
+    lua_pushinteger(L, m->pos);
+    lua_setfield(L, -2, "pos");
+}
 
 /* net.key(path) -> a data key; errors name the file (permissions, format). */
 static int net_key(lua_State *L)
@@ -228,7 +297,9 @@ static const ss_key_t *opt_key(lua_State *L, int idx)
     return k;
 }
 
-/* net.open_record(key, context, sealed, n) -> table | nil, why */
+/* net.open_record(key, context, sealed, n) -> table, maker | nil, why
+ * maker = {run = hex, role = 'source'|'worker', pos = n}, authenticated:
+ * what a record of that maker counts for is the caller's decision. */
 static int net_open_record(lua_State *L)
 {
     lkey *k = luaL_checkudata(L, 1, KEY_MT);
@@ -238,9 +309,10 @@ static int net_open_record(lua_State *L)
     uint64_t n = (uint64_t)luaL_checkinteger(L, 4);
     const uint8_t *plain;
     char why[200];
-    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
+    ss_maker m;
+    if (key_env(k) != SS_OK)
         return luaL_error(L, "out of memory");
-    if (ss_envelope_open_record(k->env, n, context, sealed, len, &plain, &plen, why,
+    if (ss_envelope_open_record(k->env, n, context, sealed, len, &plain, &plen, &m, why,
                                 sizeof why) != SS_OK) {
         lua_pushnil(L);
         lua_pushstring(L, why);
@@ -251,28 +323,46 @@ static int net_open_record(lua_State *L)
         lua_pushliteral(L, "authentic but not MessagePack");
         return 2;
     }
-    return 1;
+    push_maker(L, &m);
+    return 2;
 }
 
 /* A sealed batch as one string: header (40) | u32 lineage length | lineage |
- * sealed payload. net.seal_batch(key, events, producer, seq) -> string */
+ * sealed payload. net.seal_batch(key, events, producer, seq, {run = HEX
+ * [, pos = N, source = true]}) -> string: sealed as made at that run and
+ * position (pos absent: a source, at 0). One sealing session per call: for
+ * tools and tests, not a stream's producer. */
 static int net_seal_batch(lua_State *L)
 {
     lkey *k = luaL_checkudata(L, 1, KEY_MT);
     luaL_checktype(L, 2, LUA_TTABLE);
     uint64_t producer = (uint64_t)luaL_checkinteger(L, 3), seq = (uint64_t)luaL_checkinteger(L, 4);
-    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
-        return luaL_error(L, "out of memory");
+    luaL_checktype(L, 5, LUA_TTABLE);
+    ss_envelope_opts eo;
+    uint8_t run[SS_RUN_BYTES];
+    run_opts(L, 5, &eo, run);
+    if (!eo.run)
+        return luaL_argerror(L, 5, "run expected");
+    if (eo.pos <= 0) {
+        eo.role = SS_MAKER_SOURCE;
+        eo.pos = 0;
+    }
     uint32_t stream = stream_from_env(L);   /* may raise: before anything is allocated */
+    ss_envelope_t *env;
+    if (ss_envelope_new(&k->key, &eo, &env) != SS_OK)
+        return luaL_error(L, "out of memory");
     ss_batch_writer w;
     char msg[256];
-    if (ss_batch_writer_init(&w, SS_MAX_MESSAGE / 2) != SS_OK)
+    if (ss_batch_writer_init(&w, SS_MAX_MESSAGE / 2) != SS_OK) {
+        ss_envelope_destroy(&env);
         return luaL_error(L, "out of memory");
+    }
     lua_Integer n = luaL_len(L, 2);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 2, i);
         if (ss_batch_writer_add(&w, L, lua_gettop(L), msg, sizeof msg) != SS_OK) {
             ss_batch_writer_cleanup(&w);
+            ss_envelope_destroy(&env);
             return luaL_error(L, "event %d cannot be sealed: %s", (int)i, msg);
         }
         lua_pop(L, 1);
@@ -285,19 +375,20 @@ static int net_seal_batch(lua_State *L)
     ss_header_t h = { .type = SS_MSG_DATA, .stream = stream, .producer = producer,
                       .seq = seq, .count = w.count };
     const uint8_t *sealed;
-    ss_err e = ss_envelope_seal(k->env, &h, lineage, sizeof lineage, payload, plen, &sealed, &slen);
+    ss_err e = ss_envelope_seal(env, &h, lineage, sizeof lineage, payload, plen, &sealed, &slen);
     ss_batch_writer_cleanup(&w);
-    if (e != SS_OK)
+    if (e != SS_OK) {
+        ss_envelope_destroy(&env);
         return luaL_error(L, "cannot seal: %s", ss_strerror(e));
+    }
     ss_header_encode(&h, hdr);
     ss_put_u32(llen, sizeof lineage);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, (const char *)hdr, sizeof hdr);
-    luaL_addlstring(&b, (const char *)llen, sizeof llen);
-    luaL_addlstring(&b, (const char *)lineage, sizeof lineage);
-    luaL_addlstring(&b, (const char *)sealed, slen);
-    luaL_pushresult(&b);
+    lua_pushlstring(L, (const char *)hdr, sizeof hdr);   /* no Lua error below can leak env */
+    lua_pushlstring(L, (const char *)llen, sizeof llen);
+    lua_pushlstring(L, (const char *)lineage, sizeof lineage);
+    lua_pushlstring(L, (const char *)sealed, slen);
+    ss_envelope_destroy(&env);
+    lua_concat(L, 4);
     return 1;
 }
 
@@ -317,13 +408,14 @@ static int net_split_batch(lua_State *L)
     return 3;
 }
 
-/* net.open_batch(key, s) -> events | nil, why */
+/* net.open_batch(key, s) -> events, maker | nil, why: any position, the
+ * run of the first batch this key opened (a data owner's tool). */
 static int net_open_batch(lua_State *L)
 {
     lkey *k = luaL_checkudata(L, 1, KEY_MT);
     size_t len;
     const char *s = luaL_checklstring(L, 2, &len);
-    if (!k->env && ss_envelope_new(&k->key, &k->env) != SS_OK)
+    if (key_env(k) != SS_OK)
         return luaL_error(L, "out of memory");
     if (len < SS_HEADER_SIZE + 4)
         return luaL_error(L, "not a sealed batch (too short)");
@@ -333,9 +425,10 @@ static int net_open_batch(lua_State *L)
     const uint8_t *plain;
     size_t plen;
     char why[200];
+    ss_open_info info;
     if (ss_envelope_open(k->env, (const uint8_t *)s, s + SS_HEADER_SIZE + 4, llen,
                          s + SS_HEADER_SIZE + 4 + llen, len - SS_HEADER_SIZE - 4 - llen, &plain, &plen,
-                         why, sizeof why) != SS_OK) {
+                         &info, why, sizeof why) != SS_OK) {
         lua_pushnil(L);
         lua_pushstring(L, why);
         return 2;
@@ -352,7 +445,8 @@ static int net_open_batch(lua_State *L)
             return luaL_error(L, "event %d: %s", (int)i, why);
         lua_rawseti(L, -2, i);
     }
-    return 1;
+    push_maker(L, &info.maker);
+    return 2;
 }
 
 /* ---- consumer ---- */
@@ -382,6 +476,10 @@ static int net_consumer(lua_State *L)
     if (!o.id)
         o.id = ss_random_id();
     const ss_key_t *key = opt_key(L, 2);
+    ss_envelope_opts eo;
+    uint8_t run[SS_RUN_BYTES];
+    run_opts(L, 2, &eo, run);
+    eo.role = SS_MAKER_WORKER;   /* a consumer seals nothing */
     /* {tick = producer}: keep that producer's router informed while joining */
     if (lua_istable(L, 2) && lua_getfield(L, 2, "tick") != LUA_TNIL) {
         void *lp = luaL_checkudata(L, -1, PRODUCER_MT);
@@ -396,7 +494,7 @@ static int net_consumer(lua_State *L)
     lc->env = NULL;
     lc->id = o.id;
     luaL_setmetatable(L, CONSUMER_MT);
-    if (key && ss_envelope_new(key, &lc->env) != SS_OK)
+    if (key && ss_envelope_new(key, &eo, &lc->env) != SS_OK)
         return luaL_error(L, "out of memory");
     ss_err e = ss_consumer_new(context(L), addr, &o, &lc->c, err, sizeof err);
     if (e != SS_OK)
@@ -429,10 +527,24 @@ static int rejected(lua_State *L, int base, const ss_delivery_t *d, const char *
     return 8;
 }
 
+/* A batch sealed with another key: as rejected, kind "foreign", and a ninth
+ * value, the key id it names. */
+static int foreign(lua_State *L, int base, const ss_delivery_t *d, const char *why,
+                   const char *key_id)
+{
+    rejected(L, base, d, why);
+    lua_pushliteral(L, "foreign");
+    lua_replace(L, base + 1);
+    lua_pushstring(L, key_id);
+    return 9;
+}
+
 /* c:recv(timeout_ms) -> nil | kind, tag, events|eos|message, lineage, origin, flags, producer, seq
- * kind is "data", "eos", "bad" (payload not decodable: third value is why)
- * or "rejected" (a sealed batch that does not authenticate, or a plaintext
- * one in the encrypted modes: third value is why). */
+ * kind is "data", "eos", "bad" (payload not decodable: third value is why),
+ * "rejected" (a sealed batch that does not authenticate or was made by
+ * another run or position, or a plaintext one in the encrypted modes: third
+ * value is why) or "foreign" (sealed with another key: a ninth value names
+ * its key id). */
 static int consumer_recv(lua_State *L)
 {
     lconsumer *lc = check_consumer(L);
@@ -458,9 +570,11 @@ static int consumer_recv(lua_State *L)
             char why[200];
             if (!lc->env)
                 return rejected(L, base, &d, "a sealed batch, and this component has no data key");
+            ss_open_info info;
             if (ss_envelope_open(lc->env, d.header_bytes, d.lineage, d.lineage_len, d.payload,
-                                 d.payload_len, &payload, &plen, why, sizeof why) != SS_OK)
-                return rejected(L, base, &d, why);
+                                 d.payload_len, &payload, &plen, &info, why, sizeof why) != SS_OK)
+                return info.foreign ? foreign(L, base, &d, why, info.key_id)
+                                    : rejected(L, base, &d, why);
         } else if (lc->env) {
             return rejected(L, base, &d, "a plaintext batch in the encrypted mode");
         }
@@ -539,6 +653,29 @@ static int consumer_tick_with(lua_State *L)
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, 1, 1);
     return 0;
+}
+
+/* c:binding() -> run (hex) or nil, position or nil: what this consumer was
+ * told or has adopted (nil: not known yet); nil, nil without a key. */
+static int consumer_binding(lua_State *L)
+{
+    lconsumer *lc = luaL_checkudata(L, 1, CONSUMER_MT);
+    ss_maker m;
+    int run_known = 0, pos_known = 0;
+    char hex[2 * SS_RUN_BYTES + 1];
+    if (lc->env)
+        ss_envelope_self(lc->env, &m, &run_known, &pos_known);
+    if (run_known) {
+        ss_run_hex(m.run, hex);
+        lua_pushstring(L, hex);
+    } else {
+        lua_pushnil(L);
+    }
+    if (pos_known)
+        lua_pushinteger(L, m.pos);
+    else
+        lua_pushnil(L);
+    return 2;
 }
 
 static int consumer_id(lua_State *L)
@@ -622,6 +759,8 @@ typedef struct {
     uint8_t ring[RECEIPT_RING];
     ss_consumer_t *tick_consumer;
     ss_envelope_t *env;       /* set in the encrypted modes: every batch is sealed */
+    ss_envelope_t **follow;   /* p:follow(c): the consumer's envelope, whose run and
+                                 position this one takes (uservalue 2 keeps c alive) */
 } lproducer;
 
 static void on_receipt(void *arg, uint64_t pubseq)
@@ -669,12 +808,15 @@ static int net_producer(lua_State *L)
     if (o.window > RECEIPT_RING / 2)
         o.window = RECEIPT_RING / 2;
     const ss_key_t *key = opt_key(L, 2);
-    lproducer *lp = lua_newuserdatauv(L, sizeof *lp, 1);
+    ss_envelope_opts eo;
+    uint8_t run[SS_RUN_BYTES];
+    run_opts(L, 2, &eo, run);
+    lproducer *lp = lua_newuserdatauv(L, sizeof *lp, 2);
     memset(lp, 0, sizeof *lp);
     lp->id = o.id;
     lp->stream = o.stream;
     luaL_setmetatable(L, PRODUCER_MT);
-    if (key && ss_envelope_new(key, &lp->env) != SS_OK)
+    if (key && ss_envelope_new(key, &eo, &lp->env) != SS_OK)
         return luaL_error(L, "out of memory");
     ss_err e = ss_producer_new(context(L), addr, &o, on_receipt, lp, &lp->p, err, sizeof err);
     if (e != SS_OK)
@@ -692,9 +834,13 @@ static int publish(lua_State *L, lproducer *lp, ss_header_t *h, const char *line
     h->seq = lp->seq;
     const uint8_t *sealed = (const uint8_t *)payload;
     size_t slen = plen;
+    if (lp->env && lp->follow && *lp->follow)
+        ss_envelope_follow(lp->env, *lp->follow);
+    ss_err se = SS_OK;
     if (lp->env && h->type == SS_MSG_DATA &&
-        ss_envelope_seal(lp->env, h, lineage, llen, payload, plen, &sealed, &slen) != SS_OK)
-        return luaL_error(L, "cannot seal a batch");
+        (se = ss_envelope_seal(lp->env, h, lineage, llen, payload, plen, &sealed, &slen)) != SS_OK)
+        return luaL_error(L, "cannot seal a batch: %s", se == SS_ERR_USAGE
+                          ? "this worker's run or stage position is not known yet" : ss_strerror(se));
     ss_err e = ss_producer_publish(lp->p, h, lineage, llen, sealed, slen, &pubseq);
     if (e != SS_OK)
         return luaL_error(L, "publishing: %s", ss_strerror(e));
@@ -830,6 +976,8 @@ static int producer_seal_record(lua_State *L)
         return luaL_error(L, "cannot encode the record");
     const uint8_t *sealed;
     uint64_t n = lp->seq++;
+    if (lp->follow && *lp->follow)
+        ss_envelope_follow(lp->env, *lp->follow);
     ss_err e = ss_envelope_seal_record(lp->env, n, context, buf, len, &sealed, &slen);
     free(buf);
     if (e != SS_OK)
@@ -912,10 +1060,23 @@ static int producer_id(lua_State *L)
     return 1;
 }
 
+/* p:follow(consumer): seal as the run and position the consumer was told or
+ * adopted from its first input (a worker not told them). */
+static int producer_follow(lua_State *L)
+{
+    lproducer *lp = check_producer(L);
+    lconsumer *lc = luaL_checkudata(L, 2, CONSUMER_MT);
+    lp->follow = &lc->env;
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 1, 2);
+    return 0;
+}
+
 static int producer_close(lua_State *L)
 {
     lproducer *lp = luaL_checkudata(L, 1, PRODUCER_MT);
     lp->tick_consumer = NULL;
+    lp->follow = NULL;
     ss_producer_destroy(&lp->p);
     ss_envelope_destroy(&lp->env);
     return 0;
@@ -1011,6 +1172,19 @@ static int net_new_id(lua_State *L)
     return 1;
 }
 
+/* net.new_run() -> a fresh run id, 32 hex digits */
+static int net_new_run(lua_State *L)
+{
+    uint8_t run[SS_RUN_BYTES];
+    char hex[2 * SS_RUN_BYTES + 1];
+    if (ss_crypto_init() != SS_OK)
+        return luaL_error(L, "cannot initialise the crypto library");
+    ss_run_new(run);
+    ss_run_hex(run, hex);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
 static int net_hex(lua_State *L)
 {
     char buf[24];
@@ -1092,14 +1266,16 @@ int luaopen_securestreams_net(lua_State *L)
     static const luaL_Reg consumer_m[] = {
         { "recv", consumer_recv }, { "recv_raw", consumer_recv_raw }, { "ack", consumer_ack },
         { "tick_with", consumer_tick_with }, { "tick", consumer_tick },
-        { "id", consumer_id }, { "close", consumer_close }, { NULL, NULL } };
+        { "id", consumer_id }, { "binding", consumer_binding }, { "close", consumer_close },
+        { NULL, NULL } };
     static const luaL_Reg producer_m[] = {
         { "publish", producer_publish }, { "publish_eos", producer_publish_eos },
         { "receipted", producer_receipted }, { "service", producer_service },
         { "seal_record", producer_seal_record }, { "take_seq", producer_take_seq },
         { "publish_raw", producer_publish_raw },
         { "drain", producer_drain }, { "tick_with", producer_tick_with },
-        { "id", producer_id }, { "close", producer_close }, { NULL, NULL } };
+        { "id", producer_id }, { "follow", producer_follow }, { "close", producer_close },
+        { NULL, NULL } };
     static const luaL_Reg writer_m[] = {
         { "add", writer_add }, { "count", writer_count }, { "bytes", writer_bytes },
         { "reset", writer_reset }, { NULL, NULL } };
@@ -1107,8 +1283,10 @@ int luaopen_securestreams_net(lua_State *L)
         { "consumer", net_consumer }, { "producer", net_producer }, { "writer", net_writer },
         { "lineage", net_lineage }, { "lineage_union", net_lineage_union },
         { "lineage_ids", net_lineage_ids }, { "new_id", net_new_id }, { "hex", net_hex },
+        { "new_run", net_new_run },
         { "now", net_now }, { "ready", net_ready }, { "key", net_key },
         { "open_record", net_open_record }, { "raw", net_raw }, { "decode", net_decode },
+        { "encode", net_encode },
         { "seal_batch", net_seal_batch }, { "open_batch", net_open_batch },
         { "split_batch", net_split_batch }, { "replay", net_replay }, { NULL, NULL } };
     new_class(L, CONSUMER_MT, consumer_m, consumer_close);

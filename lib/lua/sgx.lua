@@ -14,6 +14,11 @@
 -- Where an enclave is configured (SS_ENCLAVE=isolated), sgxprocess uses it.
 -- Where none is, sgxprocess runs the same restricted VM in this process:
 -- that is a MOCK with no isolation, and sgx.mock is true and says so.
+--
+-- Every batch belongs to a run (docs/crypto.md): SS_RUN, else a fresh run id
+-- for this process. sgxencrypt seals as the run's source (position 0), the
+-- enclave of sgxprocess works at position 1, and sgxdecrypt opens a batch of
+-- this run made at any position.
 local net = require 'securestreams.net'
 local Enclave = require 'securestreams.enclave'
 
@@ -24,6 +29,8 @@ sgx.mock = backend == nil
 sgx.backend = backend or 'inprocess (mock: no enclave configured)'
 
 local key, producer, seq = nil, net.new_id(), 0
+local run = os.getenv('SS_RUN')
+if run == '' then run = nil end
 local enclaves = {}
 
 local function data_key()
@@ -42,7 +49,9 @@ end
 
 function sgx.sgxencrypt(events)
   assert(type(events) == 'table', 'sgxencrypt: a table of events expected')
-  return net.seal_batch(data_key(), events, producer, next_seq())
+  data_key()
+  run = run or net.new_run()
+  return net.seal_batch(key, events, producer, next_seq(), { run = run, source = true })
 end
 
 function sgx.sgxdecrypt(sealed)
@@ -57,8 +66,9 @@ function sgx.sgxprocess(code, sealed)
   local enc = enclaves[code]
   if not enc then
     data_key()
+    run = run or net.new_run()
     enc = Enclave.new({ backend = backend or 'inprocess', code = code, name = '=sgxprocess',
-      key_file = os.getenv('SS_KEY_FILE'), stage = 'sgxprocess', producer = producer })
+      key_file = os.getenv('SS_KEY_FILE'), stage = 'sgxprocess', producer = producer, run = run, pos = 1 })
     enclaves[code] = enc
   end
   local header, lineage, payload = net.split_batch(sealed)

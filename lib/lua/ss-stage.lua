@@ -30,25 +30,27 @@ local function report(summary)
   local secs = summary.seconds or 0
   local verdict
   if summary.complete then
-    verdict = ('complete: all %d source batches accounted for'):format(summary.expected)
-  elseif summary.sources == 0 then
-    verdict = 'INCOMPLETE: no authenticated statistics from any source'
+    verdict = ('complete: all %d source batches accounted for%s'):format(summary.expected,
+      summary.foreign_note and ('; ignored ' .. summary.foreign_note) or '')
   else
-    verdict = ('INCOMPLETE: %d of %d source batches accounted for%s%s'):format(summary.covered,
-      summary.expected, #summary.missing > 0 and ('; missing ' .. table.concat(summary.missing, ' ')) or '',
-      summary.forged > 0 and ('; %d forged statistics records'):format(summary.forged) or '')
+    verdict = 'INCOMPLETE: ' .. table.concat(summary.reasons, '; ')
   end
   out:write(('summary: %d rows in %.2f s (%.0f rows/s); %s\n'):format(summary.rows, secs,
     secs > 0 and summary.rows / secs or 0, verdict))
-  out:write(('  %-12s %7s %12s %12s %9s %8s %8s %11s\n'):format('stage', 'workers', 'in', 'out', 'skipped',
-    'refused', 'rejected', 'redelivered'))
+  if summary.run then
+    out:write(('  run %s%s\n'):format(summary.run, summary.run_pinned and '' or
+      ' (not pinned: SS_RUN unset, so it was taken from the first batch; a replay of a whole' ..
+      ' earlier run would not be noticed)'))
+  end
+  out:write(('  %-12s %7s %12s %12s %9s %8s %8s %8s %11s\n'):format('stage', 'workers', 'in', 'out', 'skipped',
+    'refused', 'rejected', 'foreign', 'redelivered'))
   for _, s in ipairs(summary.stages) do
-    out:write(('  %-12s %7d %12d %12d %9d %8d %8d %11d\n'):format(s.stage, s.workers, s['in'], s.out, s.skipped,
-      s.refused, s.rejected, s.redelivered))
+    out:write(('  %-12s %7d %12d %12d %9d %8d %8d %8d %11d\n'):format(s.stage, s.workers, s['in'], s.out,
+      s.skipped, s.refused, s.rejected, s.foreign, s.redelivered))
   end
   local sink = summary.sink
-  out:write(('  %-12s %7d %12d %12s %9d %8d %8d %11d\n'):format('sink', 1, sink['in'], '-', sink.skipped,
-    sink.refused, sink.rejected, sink.redelivered))
+  out:write(('  %-12s %7d %12d %12s %9d %8d %8d %8d %11d\n'):format('sink', 1, sink['in'], '-', sink.skipped,
+    sink.refused, sink.rejected, sink.foreign, sink.redelivered))
   local path = os.getenv('SS_SUMMARY_FILE')
   if path and path ~= '' then
     local f = assert(io.open(path, 'w'))

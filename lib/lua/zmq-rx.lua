@@ -24,7 +24,12 @@
 -- SS_GROUP (batches per partial result, default 32), SS_IDLE_MS (flush a
 -- partial result when no batch came for this long, default 50), SS_KEY_FILE
 -- (the data key: the encrypted mode, where every batch is sealed and every
--- statistics record authenticated; docs/crypto.md).
+-- statistics record authenticated; docs/crypto.md), SS_RUN (the run id every
+-- sealed batch and record is bound to: unset, a source picks a fresh one and
+-- logs it, a consumer adopts the run of its first authentic batch), SS_POS
+-- (this component's stage position: a worker's inputs come from SS_POS - 1;
+-- unset, adopted from the first batch as one after its maker's) and
+-- SS_SOURCES (the sink: how many sources to expect, default 1).
 
 local Rx = require 'rx'
 local net = require 'securestreams.net'
@@ -45,7 +50,9 @@ local config = {
   on_error = setting('SS_ON_ERROR', 'skip'),
   group = tonumber(setting('SS_GROUP', '32')),
   idle_ms = tonumber(setting('SS_IDLE_MS', '50')),
-  pos = tonumber(setting('SS_POS', '0')),
+  pos = tonumber(setting('SS_POS', '')),
+  run = setting('SS_RUN', nil),
+  sources = tonumber(setting('SS_SOURCES', '1')),
   key_file = setting('SS_KEY_FILE', nil),
   enclave = setting('SS_ENCLAVE', nil),
   log_limit = 10,
@@ -55,6 +62,13 @@ ZmqRx.config = config
 if config.on_error ~= 'skip' and config.on_error ~= 'fail' then
   error(("SS_ON_ERROR must be 'skip' or 'fail', not %q"):format(config.on_error))
 end
+if config.run and not config.run:match('^%x+$') or config.run and #config.run ~= 32 then
+  error(("SS_RUN must be a run id of 32 hex digits, not %q"):format(config.run), 0)
+end
+if not config.sources or config.sources < 1 or config.sources ~= math.floor(config.sources) then
+  error(("SS_SOURCES must be a number of sources (1 or more), not %q"):format(setting('SS_SOURCES', '')), 0)
+end
+if config.run then config.run = config.run:lower() end
 
 local function log(fmt, ...)
   io.stderr:write('[', config.name, '] ', fmt:format(...), '\n')
@@ -70,43 +84,75 @@ local function data_key()
 end
 
 -- Link options; `host_only` for an enclave worker's host, which never
--- holds the key: its links move sealed batches as they are.
-local function link_opts(opts, host_only)
+-- holds the key: its links move sealed batches as they are. The run and
+-- position bind what the link seals and opens (securestreams.net); a
+-- source's link seals as the source (`source`).
+local function link_opts(opts, host_only, source)
   opts = opts or {}
   config.id = config.id or opts.id or net.new_id()
   return { name = opts.name or config.name, id = config.id, window = opts.window,
-           key = not host_only and data_key() or nil }
+           key = not host_only and data_key() or nil, run = config.run,
+           pos = not source and config.pos or nil, source = source }
 end
 
 local function new_stats(stage)
-  return { stage = stage or config.stage or config.name, name = config.name, pos = config.pos,
-           ['in'] = 0, out = 0, skipped = 0, batches = 0, refused = 0, rejected = 0 }
+  return { stage = stage or config.stage or config.name, name = config.name, pos = config.pos or 0,
+           ['in'] = 0, out = 0, skipped = 0, batches = 0, refused = 0, rejected = 0, foreign = 0 }
 end
 
--- Batches that fail authentication, come twice from one producer, or are
--- plaintext in the encrypted mode are rejected: counted, the first ones
--- logged with producer and sequence number, never processed. A batch sealed
--- with another key means this component was given the wrong key: it stops.
+-- Batches that fail authentication, come twice from one producer, were made
+-- by another run or at another stage position, or are plaintext in the
+-- encrypted mode are rejected: counted, the first ones logged with producer
+-- and sequence number, never processed. A batch sealed with another key is
+-- counted apart (`foreign`), logged with its key id and acknowledged: never
+-- a reason to stop, since anyone who can reach a router can send one. A
+-- component that received nothing else says so at the end of the stream.
 
 -- Sets of sequence numbers, 64 to an integer: the sink remembers every
 -- source batch it received (about 1 KiB per 500,000 batches).
 local function seq_has(set, q) return set ~= nil and (set[q >> 6] or 0) & (1 << (q & 63)) ~= 0 end
 local function seq_add(set, q) set[q >> 6] = (set[q >> 6] or 0) | (1 << (q & 63)) end
 
+-- Batches sealed with another key: counted in stats.foreign, the key ids
+-- seen kept (a handful), the first ones logged. `ended()` at the end of the
+-- stream logs an error when nothing else came.
+local function foreign_counter(stats)
+  local logged, ids, nids = 0, {}, 0
+  local self = {}
+  function self.add(why, producer, seq, key_id)
+    stats.foreign = stats.foreign + 1
+    if key_id and not ids[key_id] and nids < 8 then
+      ids[key_id] = true
+      nids = nids + 1
+    end
+    if logged < config.log_limit then
+      logged = logged + 1
+      log('ignored batch %d of producer %s: %s', seq, net.hex(producer), why)
+      if logged == config.log_limit then log('(further batches under other keys are counted, not logged)') end
+    end
+  end
+  function self.key_ids()
+    local list = {}
+    for id in pairs(ids) do list[#list + 1] = id end
+    table.sort(list)
+    return list
+  end
+  function self.ended(own_key_id)
+    if stats.foreign > 0 and stats.batches == 0 then
+      log('error: all %d batches received were sealed with another key (key id %s); this component has key id %s (SS_KEY_FILE)',
+        stats.foreign, table.concat(self.key_ids(), ', '), own_key_id or '?')
+    end
+  end
+  return self
+end
+
 local function rejecter(stats)
-  local logged, wrong_key = 0, 0
+  local logged = 0
   local window = net.replay()   -- the replay window the enclave uses too (wire/replay.c)
   local function reject(why, producer, seq)
-    -- one batch under another key may be an intruder's; nothing but such
-    -- batches means this component holds the wrong key
-    if why:find('another key', 1, true) then
-      wrong_key = wrong_key + 1
-      if wrong_key >= 10 and stats.batches == 0 then
-        error(('the first %d batches were all %s: this component has the wrong data key (SS_KEY_FILE)')
-          :format(wrong_key, why), 0)
-      end
-    end
     stats.rejected = stats.rejected + 1
+    stats.first_rejected = stats.first_rejected or
+      ('batch %d of producer %s: %s'):format(seq, net.hex(producer), why)
     if config.on_error == 'fail' then
       ZmqRx.failed = true
       error(('stopped by the error policy (on_error = fail): rejected batch %d of producer %s: %s')
@@ -224,12 +270,13 @@ function ZmqRx._sink_loop(source, observer)
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
   local reject, fresh = rejecter(stats)
+  local foreign = foreign_counter(stats)
   Rx.util.onUserError = hook
   local subject = Rx.Subject.create()
   subject:subscribe(observer)
   local covered, eos = {}, nil
   while true do
-    local kind, tag, data, lineage, origin, flags, producer, seq = consumer:recv(-1)
+    local kind, tag, data, lineage, origin, flags, producer, seq, key_id = consumer:recv(-1)
     if (kind == 'data' or kind == 'rejected') and flags & net.REDELIVERED ~= 0 then
       stats.redelivered = stats.redelivered + 1
     end
@@ -268,6 +315,9 @@ function ZmqRx._sink_loop(source, observer)
     elseif kind == 'rejected' then
       reject(data, producer, seq)
       consumer:ack(tag, true)
+    elseif kind == 'foreign' then
+      foreign.add(data, producer, seq, key_id)
+      consumer:ack(tag, true)
     elseif kind == 'bad' then
       stats.refused = stats.refused + 1
       log('refused a batch: %s', data)
@@ -278,8 +328,11 @@ function ZmqRx._sink_loop(source, observer)
       break
     end
   end
+  local run, pos = consumer:binding()
   consumer:close()
-  ZmqRx.last_run = { stats = eos.stats or {}, own = stats, covered = covered }
+  foreign.ended(config.key and config.key:id())
+  ZmqRx.last_run = { stats = eos.stats or {}, own = stats, covered = covered, run = run, pos = pos,
+                     foreign_keys = foreign.key_ids() }
   local ok, err = pcall(subject.onCompleted, subject)
   Rx.util.onUserError = nil
   if not ok then error(err, 0) end
@@ -404,6 +457,7 @@ local function chain_stage(chain, producer)
   local cur = {}
   local hook = error_policy(stats, function() return describe(cur) end)
   local reject, fresh = rejecter(stats)
+  local foreign = foreign_counter(stats)
   Rx.util.onUserError = hook
   local group = nil                             -- { subject, lineages, batches, origin }
 
@@ -422,16 +476,19 @@ local function chain_stage(chain, producer)
   local stage = { stateful = chain.stateful, stats = stats }
 
   function stage.receive(consumer, timeout)
-    local kind, tag, data, lineage, origin, flags, producer_id, seq = consumer:recv(timeout)
+    local kind, tag, data, lineage, origin, flags, producer_id, seq, key_id = consumer:recv(timeout)
     if kind == nil then return nil end
     return { kind = kind, tag = tag, data = data, lineage = lineage, origin = origin,
-             flags = flags or 0, producer = producer_id, seq = seq }
+             flags = flags or 0, producer = producer_id, seq = seq, key_id = key_id }
   end
 
   function stage.admit(d)
     if d.flags & net.REDELIVERED ~= 0 then stats.redelivered = stats.redelivered + 1 end
     if d.kind == 'rejected' then
       reject(d.data, d.producer, d.seq)
+      return false
+    elseif d.kind == 'foreign' then
+      foreign.add(d.data, d.producer, d.seq, d.key_id)
       return false
     elseif d.kind == 'bad' then
       stats.refused = stats.refused + 1
@@ -470,7 +527,10 @@ local function chain_stage(chain, producer)
     return pubseq
   end
 
-  function stage.finish(id) return stats_record(producer, id, stats) end
+  function stage.finish(id)
+    foreign.ended(config.key and config.key:id())
+    return stats_record(producer, id, stats)
+  end
 
   function stage.close() Rx.util.onUserError = nil end
 
@@ -487,6 +547,8 @@ ZmqRx.chain_stage = chain_stage
 local function enclave_stage(enc, producer)
   local logged = 0
   local made = nil                              -- a stateless stage's output, made with its batch
+  local tally = { batches = 0, foreign = 0 }    -- what this host saw of the enclave's work
+  local foreign = foreign_counter(tally)
   local function note(r)
     if r.message ~= '' and logged < config.log_limit then
       logged = logged + 1
@@ -508,7 +570,14 @@ local function enclave_stage(enc, producer)
 
   function stage.add(d, redelivered)
     local r = enc:batch(d.header, d.lineage, d.payload, producer:take_seq(), redelivered)
+    if r.foreign then
+      -- the enclave counts it in its record; acknowledged, never processed
+      foreign.add(r.message, string.unpack('<I8', d.header, 9), string.unpack('<I8', d.header, 17),
+                  r.message:match('key id (%x+)'))
+      return true
+    end
     note(r)
+    if not r.rejected then tally.batches = tally.batches + 1 end
     if not r.rejected and not stage.stateful then made = r end
     return r.rejected
   end
@@ -525,6 +594,7 @@ local function enclave_stage(enc, producer)
   end
 
   function stage.finish(id)
+    foreign.ended(nil)
     local seq = producer:take_seq()
     return { sealed = enc:finish(net.hex(id), seq), n = seq }
   end
@@ -545,6 +615,7 @@ local function chain_worker(chain, addr, opts)
   local consumer = net.consumer(source.addr, copts)
   producer:tick_with(consumer)
   consumer:tick_with(producer)
+  producer:follow(consumer)                     -- seal as the run and position the input fixed
   net.ready()
   local stage = chain_stage(chain, producer)
   worker_loop(consumer, producer, stage, lopts.id)
@@ -571,7 +642,7 @@ function ZmqRx.enclave_worker(spec, from, addr, opts)
     backend = config.enclave ~= '1' and config.enclave or nil,
     script = spec.script, code = spec.code, name = spec.name, key_file = config.key_file,
     stage = config.stage or config.name, fail = config.on_error == 'fail', producer = lopts.id,
-    pos = config.pos,
+    pos = config.pos or 0, run = config.run,
   }), producer)
   net.ready()
   worker_loop(consumer, producer, stage, lopts.id)
@@ -582,9 +653,14 @@ end
 
 -- Source: any other chain, sent to a router as batches of its own lineage.
 local function source_loop(chain, addr, opts)
-  local lopts = link_opts(opts)
+  if data_key() and not config.run then
+    config.run = net.new_run()
+    log('run id %s (SS_RUN not set: a fresh one; give it to the sink as SS_RUN to pin it)', config.run)
+  end
+  local lopts = link_opts(opts, false, true)
   local id = lopts.id
   local stats = new_stats('source')
+  stats.pos = 0
   stats.t0 = net.now()
   stats.lineage_source, stats.first_seq = id, 0
   local producer = net.producer(addr, lopts)
@@ -646,33 +722,71 @@ function ZmqRx.sendZmqCompleted()
 end
 
 -- A summary of a finished sink loop: rows, seconds, per stage counts, and
--- whether every batch of every source was received exactly once. In the
--- encrypted mode only statistics records that authenticate count; the others
--- are reported as forged.
+-- whether the result is complete: the expected number of sources
+-- (SS_SOURCES) reported, every batch they declare received exactly once,
+-- no forged statistics record, no batch whose lineage names a source no
+-- source record declares. In the encrypted modes a statistics record counts
+-- only when it authenticates and was made in this run; it is a source's
+-- only when its authenticated maker is a source. Everything else is
+-- reported as forged, with the reason logged. `reasons` names what made a
+-- result incomplete (docs/threat-model.md).
 function ZmqRx.summary()
   local run = ZmqRx.last_run
   if not run then return nil end
   local stages, order, t0, rows = {}, {}, nil, 0
   local expected, missing, forged, sources = 0, {}, 0, {}
+  local reasons, forged_why = {}, {}
+  local run_id = run.run
+  local record_forged = 0
+  local function forge(id, why)
+    forged = forged + 1
+    record_forged = record_forged + 1
+    log('ignored the statistics of %s: %s', tostring(id), why)
+    if #forged_why < 3 then forged_why[#forged_why + 1] = why end
+  end
+  -- open every record first: an unpinned sink that received no batch takes
+  -- the run of its sources' records
+  local records = {}
   for id, s in pairs(run.stats) do
     if type(s) ~= 'table' then s = {} end
+    local maker
     if s.sealed and config.key then
-      local opened, why = net.open_record(config.key, id, s.sealed, s.n or -1)
+      local opened, m = net.open_record(config.key, id, s.sealed, s.n or -1)
       if not opened then
-        forged = forged + 1
-        log('ignored the statistics of %s: %s', tostring(id), why)
+        forge(id, m)
+        s = nil
+      else
+        s, maker = opened, m
+        if not run_id and maker.role == 'source' then run_id = maker.run end
       end
-      s = opened
     elseif config.key then
-      forged = forged + 1
-      log('ignored unauthenticated statistics for %s', tostring(id))
+      forge(id, 'not sealed')
       s = nil
     end
-    if s and s.stage then
+    if s then records[#records + 1] = { id = id, s = s, maker = maker } end
+  end
+  local zero_run = string.rep('0', 32)
+  for _, r in ipairs(records) do
+    local s, maker, ok = r.s, r.maker, true
+    if maker then
+      if maker.run ~= run_id and not (maker.role == 'worker' and maker.run == zero_run
+                                      and (s.batches or 0) == 0) then
+        forge(r.id, ('made by a %s of another run (run %s, this run is %s)'):format(maker.role, maker.run,
+          run_id or 'not known'))
+        ok = false
+      elseif s.stage == 'source' and maker.role ~= 'source' then
+        forge(r.id, ('labelled source, but made by a %s at stage position %d'):format(maker.role, maker.pos))
+        ok = false
+      else
+        s.pos = maker.pos
+      end
+    end
+    local is_source = ok and (maker and maker.role == 'source' or not maker and s.stage == 'source')
+    if ok and s.stage then
       local st = stages[s.stage]
       if not st then
         st = { stage = s.stage, pos = s.pos or 0, ['in'] = 0, out = 0, skipped = 0, refused = 0,
-               rejected = 0, redelivered = 0, workers = 0 }
+               rejected = 0, foreign = 0, redelivered = 0, workers = 0 }
         stages[s.stage] = st
         order[#order + 1] = s.stage
       end
@@ -681,20 +795,22 @@ function ZmqRx.summary()
       st.skipped = st.skipped + (s.skipped or 0)
       st.refused = st.refused + (s.refused or 0)
       st.rejected = st.rejected + (s.rejected or 0)
+      st.foreign = st.foreign + (s.foreign or 0)
       st.redelivered = st.redelivered + (s.redelivered or 0)   -- absent from older enclaves' records
       st.workers = st.workers + 1
-      if s.stage == 'source' then
-        sources[#sources + 1] = s
-        rows = rows + (s.out or 0)
-        if s.t0 and (not t0 or s.t0 < t0) then t0 = s.t0 end
-      end
+    end
+    if is_source then
+      sources[#sources + 1] = s
+      rows = rows + (s.out or 0)
+      if s.t0 and (not t0 or s.t0 < t0) then t0 = s.t0 end
     end
   end
   -- every batch a source says it sent, received once
-  local covered = 0
+  local covered, declared = 0, {}
   for _, src in ipairs(sources) do
     local got = run.covered[src.lineage_source or 0]
     local first = src.first_seq or 0
+    declared[src.lineage_source or 0] = true
     expected = expected + (src.batches or 0)
     for seq = first, first + (src.batches or 0) - 1 do
       if seq_has(got, seq) then
@@ -704,6 +820,43 @@ function ZmqRx.summary()
       end
     end
   end
+  -- batches of a source no source record declares: counted as forged
+  local foreign_lineage = {}
+  for source in pairs(run.covered) do
+    if not declared[source] then
+      forged = forged + 1
+      foreign_lineage[#foreign_lineage + 1] = net.hex(source)
+    end
+  end
+  table.sort(foreign_lineage)
+  if #sources ~= config.sources then
+    reasons[#reasons + 1] = #sources == 0 and 'no authenticated statistics from any source'
+      or ('%d authenticated source statistics records, expected %d (SS_SOURCES)'):format(#sources, config.sources)
+  end
+  if covered ~= expected then
+    reasons[#reasons + 1] = ('%d of %d source batches accounted for%s'):format(covered, expected,
+      #missing > 0 and ('; missing ' .. table.concat(missing, ' ')) or '')
+  end
+  if record_forged > 0 then
+    reasons[#reasons + 1] = ('%d forged statistics records (%s%s)'):format(record_forged,
+      table.concat(forged_why, '; '), record_forged > #forged_why and '; ...' or '')
+  end
+  if #foreign_lineage > 0 then
+    reasons[#reasons + 1] = ('batches of a source no source statistics declare: %s')
+      :format(table.concat(foreign_lineage, ' '))
+  end
+  local own = run.own
+  own.foreign = own.foreign or 0
+  if own.first_rejected and #reasons > 0 then
+    reasons[#reasons + 1] = ('%d batches rejected (first: %s)'):format(own.rejected, own.first_rejected)
+  end
+  local foreign_note
+  if own.foreign > 0 then
+    foreign_note = ('%d batches sealed with another key (key id %s; this sink has %s)'):format(own.foreign,
+      table.concat(run.foreign_keys or {}, ', '), config.key and config.key:id() or 'no key')
+  end
+  local complete = #sources == config.sources and covered == expected and forged == 0
+  if not complete and foreign_note then reasons[#reasons + 1] = foreign_note end
   table.sort(order, function(a, b)
     local pa, pb = stages[a].pos, stages[b].pos
     if pa ~= pb then return pa < pb end
@@ -713,8 +866,9 @@ function ZmqRx.summary()
   for _, name in ipairs(order) do list[#list + 1] = stages[name] end
   return {
     rows = rows, stages = list, expected = expected, covered = covered, missing = missing,
-    forged = forged, sources = #sources,
-    complete = #sources > 0 and covered == expected and forged == 0, sink = run.own,
+    forged = forged, sources = #sources, sources_expected = config.sources,
+    complete = complete, reasons = reasons, foreign = own.foreign, foreign_note = foreign_note,
+    run = run_id, run_pinned = config.run ~= nil, sink = own,
     seconds = t0 and (net.now() - t0) or nil,
   }
 end

@@ -198,8 +198,9 @@ static ss_err check_input(ss_plan *p, char *err, size_t errlen)
         return SS_ERR_IO;
     }
     struct stat st;
+    uint32_t file_stream;   /* unused: the source seals every record again into this pipeline */
     p->sealed_input = stat(in, &st) == 0 && S_ISREG(st.st_mode) &&
-                      ss_sealed_file_probe(in, &p->stream) == 1;
+                      ss_sealed_file_probe(in, &file_stream) == 1;
     if (p->sealed_input && !p->encrypted) {
         ss_say(err, errlen, "%s is a sealed file: stream it with --security encrypted --key FILE", in);
         return SS_ERR_USAGE;

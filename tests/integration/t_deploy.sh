@@ -29,14 +29,22 @@ SPEC="$P/flights.spec.lua"
 
 # deploy ARGS...: run in $T/out, stdout to $T/out.yml, stderr to $T/err, status in RC
 deploy() { (cd "$T/out" && "$SS" deploy "$@") >"$T/out.yml" 2>"$T/err"; RC=$?; }
+# Every deploy draws a fresh run id; the same one is given where files are
+# compared byte for byte.
+RUN=00112233445566778899aabbccddeeff
 
-deploy "$SPEC" --format compose --key ../keys/data.key
+deploy "$SPEC" --format compose --key ../keys/data.key --run $RUN
 check "compose: exit 0" test "$RC" -eq 0
 [ "$RC" -eq 0 ] || cat "$T/err"
 cp "$T/out.yml" "$T/c1.yml"
-deploy "$SPEC" --format compose --key ../keys/data.key
+deploy "$SPEC" --format compose --key ../keys/data.key --run $RUN
 check "compose: same spec, same file, byte for byte" cmp -s "$T/c1.yml" "$T/out.yml"
-(cd "$T/out" && "$SS" deploy "$SPEC" --format compose --key ../keys/data.key -o compose.yml)
+deploy "$SPEC" --format compose --key ../keys/data.key
+check "compose: a fresh run id for every deploy" \
+    test "$(grep -c "SS_RUN.*$RUN" "$T/out.yml")" -eq 0 -a "$(grep -c "SS_RUN.*$RUN" "$T/c1.yml")" -gt 0
+check "compose: the sink follows the last stage, expecting one source" \
+    grep -A12 '^  sink:$' "$T/c1.yml" | grep -q 'SS_POS.*4'
+(cd "$T/out" && "$SS" deploy "$SPEC" --format compose --key ../keys/data.key -o compose.yml --run $RUN)
 check "compose: -o FILE writes what stdout shows" cmp -s "$T/c1.yml" "$T/out/compose.yml"
 check "compose: no temporary file left" test "$(ls "$T/out")" = compose.yml
 for s in router0 router1 router2 router3 mapper filter reducer source sink; do
@@ -113,10 +121,10 @@ check "compose sgx: /dev/sgx_provision on the enclave stage" grep -q '"/dev/sgx_
 check "compose sgx: no device on the other stages" sh -c "! grep -q sgx '$T/filter'"
 
 # Swarm: configs, secrets, placement.
-deploy "$SPEC" --format swarm --key ../keys/data.key --enclave-backend sgx
+deploy "$SPEC" --format swarm --key ../keys/data.key --enclave-backend sgx --run $RUN
 check "swarm: exit 0" test "$RC" -eq 0
 cp "$T/out.yml" "$T/s1.yml"
-deploy "$SPEC" --format swarm --key ../keys/data.key --enclave-backend sgx
+deploy "$SPEC" --format swarm --key ../keys/data.key --enclave-backend sgx --run $RUN
 check "swarm: same spec, same file, byte for byte" cmp -s "$T/s1.yml" "$T/out.yml"
 for s in router0 router1 router2 router3 mapper filter reducer source sink; do
     check "swarm: service $s" grep -q "^  $s:\$" "$T/s1.yml"
@@ -182,7 +190,7 @@ check "plain: --workers 4 gives 4 replicas" test "$(grep -c 'replicas: 4' "$T/ou
 # runs them: one worker service running every script in turn, no router
 # between the stages.
 sed 's/^  on_error = "skip",$/  on_error = "skip",\n  fuse = true,/' "$SPEC" >"$P/fused.spec.lua"
-deploy "$P/fused.spec.lua" --format compose --key ../keys/data.key
+deploy "$P/fused.spec.lua" --format compose --key ../keys/data.key --run $RUN
 check "fused: exit 0" test "$RC" -eq 0
 cp "$T/out.yml" "$T/f1.yml"
 check "fused: five services (two routers, one stage, source, sink)" \
@@ -203,7 +211,7 @@ check "fused: each worker runs the three scripts in order" test \
 check "fused: the stage as run --fuse names it" grep -q '"--stage", "mapper+filter+reducer"' "$T/fused"
 check "fused: replicas = the largest count" grep -q 'replicas: 3' "$T/fused"
 check "fused: the sink reads router1" grep -q '"sink", "--from", "tcp://router1:5556"' "$T/f1.yml"
-deploy "$SPEC" --format compose --key ../keys/data.key --fuse
+deploy "$SPEC" --format compose --key ../keys/data.key --fuse --run $RUN
 # The same file but for the spec's name in the header.
 grep -v '^# `securestreams deploy ' "$T/out.yml" >"$T/f2.body"
 grep -v '^# `securestreams deploy ' "$T/f1.yml" >"$T/f1.body"

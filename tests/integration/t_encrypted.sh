@@ -67,17 +67,20 @@ check "encrypted: canary never on the wire" sh -c "! grep -q '$CANARY' $T/trace.
 traced_run ""
 check "plain (control): canary on the wire" grep -q "$CANARY" "$T/trace.r0"
 
-# A hostile router between the source and the sink.
+# A hostile router between the source and the sink. Wired by hand, so the
+# run id is given to both ends (the sink then pins it).
+RUN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 hostile() { # mode [on-error]
     # It prints its ready line on stdout: onto fd 3, where start_ready reads
     # it. (Our stdout is the caller's $(...): messages go to stderr.)
     MODE=$1 start_ready h sh -c 'exec "$0" lua "$1" >&3' "$SS" \
         "$ROOT/tests/fixtures/hostile-router.lua" >&2 || { echo 255; return; }
     hpid=$LAST
-    "$SS" source --key "$T/key" --to "$FRONT_h" --input "$F" --batch-bytes 16384 >/dev/null 2>"$T/src.err" &
+    "$SS" source --key "$T/key" --run "$RUN" --to "$FRONT_h" --input "$F" --batch-bytes 16384 \
+        >/dev/null 2>"$T/src.err" &
     spid=$!
     PIDS="$PIDS $spid"
-    timeout 60 "$SS" sink --key "$T/key" ${2:+--on-error $2} --from "$BACK_h" \
+    timeout 60 "$SS" sink --key "$T/key" --run "$RUN" ${2:+--on-error $2} --from "$BACK_h" \
         --script "$ROOT/tests/fixtures/count-sink.lua" >"$T/out" 2>"$T/err"
     echo $?
     stop $hpid $spid

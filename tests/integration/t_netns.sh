@@ -149,6 +149,8 @@ pipeline_dir "$P"
 # A cut is noticed after the liveness timeout, 8 s here: long enough that a
 # busy machine does not pass for a cut, short enough for a test.
 export SS_STREAM=7002 SS_KEY_FILE="$T/keys/data.key" SS_LIVENESS_MS=8000
+SS_RUN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')   # wired by hand: every component told
+export SS_RUN
 export SS_CURVE_ROUTER_KEY="$T/keys/router" SS_CURVE_ALLOW="$T/keys/client.pub"
 export SS_CURVE_KEY="$T/keys/client" SS_CURVE_SERVER="$T/keys/router.pub"
 if pipeline cut "$P" pace mapper filter reducer; then
@@ -172,7 +174,7 @@ if pipeline cut "$P" pace mapper filter reducer; then
     check "cut: routers used CurveZMQ" grep -q 'CurveZMQ: server public key' "$T/cut.log"
 fi
 stop_all
-unset SS_KEY_FILE SS_CURVE_ROUTER_KEY SS_CURVE_ALLOW SS_CURVE_KEY SS_CURVE_SERVER
+unset SS_KEY_FILE SS_RUN SS_CURVE_ROUTER_KEY SS_CURVE_ALLOW SS_CURVE_KEY SS_CURVE_SERVER
 
 # 3. SS_JOIN_TIMEOUT_MS: a component whose router never comes gives up then.
 t0=$(date +%s)
