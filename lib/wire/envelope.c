@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define BUF_CAP (SS_MAX_MESSAGE + SS_SEAL_OVERHEAD)
 #define AD_MAX (SS_HEADER_SIZE + SS_MAX_MESSAGE)
 
 struct ss_envelope {
@@ -22,7 +23,8 @@ struct ss_envelope {
     int any_pos;           /* SS_ENVELOPE_ANY_POS: no position checked, none sealed */
     ss_sealer_t *sealer;   /* created on first seal: a consumer never needs one */
     ss_opener_t *opener;
-    uint8_t *buf;          /* SS_MAX_MESSAGE + SS_SEAL_OVERHEAD */
+    uint8_t *buf;          /* BUF_CAP bytes, touched only as far as messages go */
+    size_t touched;        /* how much of buf any message may have written: wiped at the end */
     uint8_t *ad;           /* header || lineage */
     size_t adcap;
 };
@@ -51,7 +53,7 @@ ss_err ss_envelope_new(const ss_key_t *k, const ss_envelope_opts *o, ss_envelope
     }
     e->any_pos = o->pos == SS_ENVELOPE_ANY_POS;
     e->adcap = SS_HEADER_SIZE + 64 * SS_LINEAGE_ENTRY;
-    e->buf = malloc(SS_MAX_MESSAGE + SS_SEAL_OVERHEAD);
+    e->buf = malloc(BUF_CAP);
     e->ad = malloc(e->adcap);
     if (!e->buf || !e->ad || ss_opener_new(k, &e->opener) != SS_OK) {
         ss_envelope_destroy(&e);
@@ -69,7 +71,7 @@ void ss_envelope_destroy(ss_envelope_t **ep)
     ss_sealer_destroy(&e->sealer);
     ss_opener_destroy(&e->opener);
     if (e->buf)
-        sodium_memzero(e->buf, SS_MAX_MESSAGE + SS_SEAL_OVERHEAD);
+        sodium_memzero(e->buf, e->touched);   /* not all 16 MiB: pages never used stay untouched */
     free(e->buf);
     free(e->ad);
     sodium_memzero(&e->key, sizeof e->key);
@@ -129,6 +131,18 @@ static ss_err make_ad(ss_envelope_t *e, const uint8_t *hdr, const void *lineage,
     return SS_OK;
 }
 
+/* Before a seal or an open of `len` input bytes into buf: refuses what
+ * cannot fit, and remembers how far buf may be written. */
+static ss_err reserve(ss_envelope_t *e, size_t len)
+{
+    if (len > SS_MAX_MESSAGE)
+        return SS_ERR_TOOBIG;
+    size_t n = len + SS_SEAL_OVERHEAD;
+    if (n > e->touched)
+        e->touched = n;
+    return SS_OK;
+}
+
 static ss_err need_sealer(ss_envelope_t *e)
 {
     if (e->sealer)
@@ -139,11 +153,11 @@ static ss_err need_sealer(ss_envelope_t *e)
 ss_err ss_envelope_seal(ss_envelope_t *e, ss_header_t *h, const void *lineage, size_t lineage_len,
                         const void *payload, size_t len, const uint8_t **out, size_t *outlen)
 {
-    if (len > SS_MAX_MESSAGE)
-        return SS_ERR_TOOBIG;
     if (!e->run_known || !e->pos_known || e->any_pos)
         return SS_ERR_USAGE;
-    ss_err rc = need_sealer(e);
+    ss_err rc = reserve(e, len);
+    if (rc == SS_OK)
+        rc = need_sealer(e);
     if (rc != SS_OK)
         return rc;
     uint8_t hdr[SS_HEADER_SIZE];
@@ -224,6 +238,10 @@ ss_err ss_envelope_open(ss_envelope_t *e, const uint8_t *header_bytes, const voi
         snprintf(why, whylen, "lineage too long");
         return rc;
     }
+    if ((rc = reserve(e, len)) != SS_OK) {
+        snprintf(why, whylen, "%zu bytes, more than a message may hold", len);
+        return rc;
+    }
     *out = e->buf;
     rc = ss_open(e->opener, h.seq, e->ad, SS_HEADER_SIZE + lineage_len, sealed, len, e->buf,
                  outlen, &info->maker, why, whylen);
@@ -249,11 +267,11 @@ ss_err ss_envelope_seal_record(ss_envelope_t *e, uint64_t seq, const char *conte
                                const void *plain, size_t len, const uint8_t **out, size_t *outlen)
 {
     char ad[256];
-    ss_err rc = need_sealer(e);
+    ss_err rc = reserve(e, len);
+    if (rc == SS_OK)
+        rc = need_sealer(e);
     if (rc != SS_OK)
         return rc;
-    if (len > SS_MAX_MESSAGE)
-        return SS_ERR_TOOBIG;
     rc = ss_seal(e->sealer, seq, ad, record_ad(ad, sizeof ad, context), plain, len, e->buf, outlen);
     *out = e->buf;
     return rc;
@@ -265,6 +283,10 @@ ss_err ss_envelope_open_record(ss_envelope_t *e, uint64_t seq, const char *conte
 {
     char ad[256];
     ss_maker m;
+    if (reserve(e, len) != SS_OK) {
+        ss_say(why, whylen, "%zu bytes, more than a record may hold", len);
+        return SS_ERR_TOOBIG;
+    }
     ss_err rc = ss_open(e->opener, seq, ad, record_ad(ad, sizeof ad, context), sealed, len, e->buf,
                         outlen, &m, why, whylen);
     *out = e->buf;
