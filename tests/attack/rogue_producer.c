@@ -15,6 +15,13 @@
  *            the window
  *   honest   the control: PUBLISH within the window granted in WELCOME,
  *            waiting for receipts as a link does
+ *   bomb     as honest, but each batch is a decoder bomb of --bytes bytes:
+ *            a batch of one event, 60 nested arrays each declaring as many
+ *            elements as there are bytes left, then nils
+ *   eos-bomb as honest, then an end of stream whose statistics record for
+ *            this producer is such a bomb (about 300 bytes)
+ *   eos      the control of eos-bomb: as honest, then a well-formed end of
+ *            stream whose statistics record is {stage = "rogue"}
  *
  * Options
  *   --count N      batches to publish (default 100)
@@ -59,7 +66,7 @@ typedef struct {
 
 static int usage(const char *why)
 {
-    fprintf(stderr, "rogue_producer: %s\nusage: rogue_producer flood|squat|honest ADDR [--count N] "
+    fprintf(stderr, "rogue_producer: %s\nusage: rogue_producer flood|squat|honest|bomb|eos-bomb|eos ADDR [--count N] "
             "[--bytes N] [--window N] [--source HEX] [--first N] [--rejoin N] [--name NAME] "
             "[--id HEX]\n", why);
     return 2;
@@ -76,8 +83,9 @@ static int parse(args *a, int argc, char **argv)
         return usage("a mode and an address are needed");
     a->mode = argv[1];
     a->addr = argv[2];
-    if (strcmp(a->mode, "flood") && strcmp(a->mode, "squat") && strcmp(a->mode, "honest"))
-        return usage("the mode is flood, squat or honest");
+    if (strcmp(a->mode, "flood") && strcmp(a->mode, "squat") && strcmp(a->mode, "honest")
+        && strcmp(a->mode, "bomb") && strcmp(a->mode, "eos-bomb") && strcmp(a->mode, "eos"))
+        return usage("the mode is flood, squat, honest, bomb, eos-bomb or eos");
     for (int i = 3; i < argc; i += 2) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t *num = !strcmp(o, "--count") ? &a->count : !strcmp(o, "--bytes") ? &a->bytes
@@ -177,6 +185,79 @@ static void make_payload(msgpack_sbuffer *sb, uint64_t bytes, uint32_t *count)
     *count = n;
 }
 
+/* BOMB_LEVELS nested arrays (array32), each declaring as many elements as
+ * there are bytes left after it, so each passes a "count no larger than
+ * the bytes left" check; the rest is nils. */
+#define BOMB_LEVELS 60
+static size_t put_bomb(uint8_t *p, size_t len)
+{
+    size_t pos = 0;
+    for (int i = 0; i < BOMB_LEVELS && pos + 5 < len; i++) {
+        uint32_t n = (uint32_t)(len - pos - 5);
+        p[pos++] = 0xdd;
+        for (int b = 3; b >= 0; b--)
+            p[pos++] = (uint8_t)(n >> (8 * b));
+    }
+    memset(p + pos, 0xc0, len - pos);
+    return len;
+}
+
+/* A batch of one event that is a bomb of `bytes` bytes in all. */
+static void make_bomb(msgpack_sbuffer *sb, uint64_t bytes, uint32_t *count)
+{
+    msgpack_sbuffer_init(sb);
+    uint8_t *b = malloc(bytes);
+    if (!b)
+        abort();
+    b[0] = 0x91;   /* an array of one event */
+    put_bomb(b + 1, bytes - 1);
+    msgpack_sbuffer_write(sb, (const char *)b, bytes);
+    free(b);
+    *count = 1;
+}
+
+/* The end of stream: {members = {id}, stats = {[hex id] = bomb}}, or with
+ * the record {stage = "rogue"} instead of the bomb. */
+static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)a->id);
+    msgpack_pack_map(&pk, 2);
+    msgpack_pack_str(&pk, 7);
+    msgpack_pack_str_body(&pk, "members", 7);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, a->id);
+    msgpack_pack_str(&pk, 5);
+    msgpack_pack_str_body(&pk, "stats", 5);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str(&pk, 16);
+    msgpack_pack_str_body(&pk, hex, 16);
+    if (bomb) {
+        uint8_t b[BOMB_LEVELS * 5];
+        msgpack_sbuffer_write(&sb, (const char *)b, put_bomb(b, sizeof b));
+    } else {
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str(&pk, 5);
+        msgpack_pack_str_body(&pk, "stage", 5);
+        msgpack_pack_str(&pk, 5);
+        msgpack_pack_str_body(&pk, "rogue", 5);
+    }
+    ss_header_t h = { .type = SS_MSG_EOS, .stream = a->stream, .producer = a->id, .seq = seq,
+                      .count = 1 };
+    uint8_t hdr[SS_HEADER_SIZE];
+    ss_header_encode(&h, hdr);
+    int rc = send_link(p, SS_LINK_PUBLISH, 0, 0, seq, 1) != 0
+             || zmq_send(p->sock, hdr, sizeof hdr, ZMQ_SNDMORE) < 0
+             || zmq_send(p->sock, "", 0, ZMQ_SNDMORE) < 0
+             || zmq_send(p->sock, sb.data, sb.size, 0) < 0 ? -1 : 0;
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
 static int publish(peer *p, const args *a, uint64_t i, const msgpack_sbuffer *payload,
                    uint32_t count)
 {
@@ -213,7 +294,10 @@ int main(int argc, char **argv)
     zmq_setsockopt(p.sock, ZMQ_SNDTIMEO, &timeout, sizeof timeout);
     msgpack_sbuffer payload;
     uint32_t count;
-    make_payload(&payload, a.bytes, &count);
+    if (!strcmp(a.mode, "bomb"))
+        make_bomb(&payload, a.bytes, &count);
+    else
+        make_payload(&payload, a.bytes, &count);
     uint64_t sent = 0, sent_bytes = 0;
     if (zmq_connect(p.sock, a.addr) != 0) {
         fprintf(stderr, "rogue_producer: cannot connect to %s: %s\n", a.addr, zmq_strerror(errno));
@@ -243,6 +327,15 @@ int main(int argc, char **argv)
         sent++;
         sent_bytes += payload.size + SS_HEADER_SIZE + SS_LINEAGE_ENTRY;
         read_all(&p, 0);
+    }
+    if (!strcmp(a.mode, "eos-bomb") || !strcmp(a.mode, "eos")) {
+        while (sent - p.last_receipt >= p.granted)
+            read_all(&p, 1000);
+        if (publish_eos(&p, &a, sent, !strcmp(a.mode, "eos-bomb")) != 0) {
+            fprintf(stderr, "rogue_producer: publishing the end of stream: %s\n", zmq_strerror(errno));
+            goto out;
+        }
+        sent++;
     }
     if (!flood) {
         for (int waited = 0; p.last_receipt < sent && waited < 20; waited++)

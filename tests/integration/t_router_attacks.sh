@@ -93,6 +93,7 @@ check "flood control: no overrun to count" test "$(stat_of r0 overruns)" -eq 0
 squat() { # NAME KEYFILE (empty: plain)
     rm -f "$T/r0.log"
     start_router r0 || return 1
+    r0=$LAST
     # The squatter claims the source's first five batches before they exist
     # (a network attacker reads the source id in any header; here it is fixed).
     nobody "$ATT/rogue_producer" squat "$FRONT_r0" --source $SRC_ID --first 0 --count 5 \
@@ -108,7 +109,7 @@ squat() { # NAME KEYFILE (empty: plain)
 
 squat "squat, encrypted" "$T/key"
 sink_same "squat, encrypted: results equal awk (exact and complete)" "--key $T/key" "$BACK_r3"
-wait_for 10 gone $r0
+wait_for 30 gone $r0
 check "squat, encrypted: the real batches were parked" test "$(stat_of r0 parked)" -eq 5
 check "squat, encrypted: the squatter's batches rejected by the consumer" \
     test "$(stat_of r0 rejected)" -eq 5
@@ -123,7 +124,7 @@ if timeout 120 "$SS" sink --from "$BACK_r3" --script "$E/printer.lua" >"$T/out" 
 else
     notok "squat, plain: the sink exits 0" "exit status $?"
 fi
-wait_for 10 gone $r0
+wait_for 30 gone $r0
 check "squat, plain: five real batches dropped as duplicates" test "$(stat_of r0 duplicates)" -eq 5
 check "squat, plain: each drop logged naming both producers" grep -q \
     "dropped batch 0 of producer source (id $SRC_HEX): lineage $SRC_HEX#0 already accepted from producer rogue" \
@@ -144,3 +145,52 @@ check "LATE: the router did flag the end of stream" grep -q '; [1-9][0-9]* end-o
 rm -f "$T/r1.log"
 late "LATE control (honest relay)" honest
 check "LATE control: nothing flagged" grep -q '; 0 end-of-stream deliveries flagged LATE' "$T/r1.log"
+
+# ---- decoder bombs -----------------------------------------------------------
+# Plain mode, where nothing authenticates a batch: a hostile 1 MiB batch (60
+# nested arrays, each declaring as many elements as there are bytes left)
+# costs the worker that decodes it under 64 MiB in all, and is refused and
+# named; a bomb in an end of stream's statistics is refused by the router
+# before anything is built from it. Controls: the same worker decodes an
+# honest 1 MiB batch of the same harness (its records are skipped as
+# malformed, and said so); a well-formed end of stream is accepted.
+bomb() { # NAME MODE
+    rm -f "$T/r0.log" "$T/r1.log"
+    start_router r0 || return 1
+    r0=$LAST
+    start_router r1 || return 1
+    bg "$SS" worker --from "$BACK_r0" --to "$FRONT_r1" --script "$E/mapper.lua" --name mapper \
+        2>"$T/worker.err"
+    w=$LAST
+    nobody "$ATT/rogue_producer" "$2" "$FRONT_r0" --count 1 --bytes $BATCH --name rogue \
+        >"$T/rogue.out" 2>&1
+    check "$1: the rogue's batch was receipted" grep -q 'sent [12] batches .*receipts [12]' "$T/rogue.out"
+}
+bomb "decoder bomb" bomb
+wait_for 30 grep -q 'refused a batch' "$T/worker.err"
+hwm=$(vmhwm_kb $w)
+echo "# decoder bomb: the worker's peak RSS ${hwm} kB"
+check "decoder bomb: refused and said so" grep -q 'refused a batch: .*truncated' "$T/worker.err"
+check "decoder bomb: the worker's peak RSS ${hwm} kB under 64 MiB" test "$hwm" -lt 65536
+check "decoder bomb: the worker goes on" kill -0 $w
+stop_all
+bomb "decoder bomb control (an honest 1 MiB batch)" honest
+wait_for 30 grep -q 'skipped' "$T/worker.err"
+hwm=$(vmhwm_kb $w)
+echo "# decoder bomb control: the worker's peak RSS ${hwm} kB"
+check "decoder bomb control: the worker decoded the batch and skipped its records" \
+    grep -q 'skipped' "$T/worker.err"
+check "decoder bomb control: nothing refused" sh -c "! grep -q 'refused a batch' '$T/worker.err'"
+stop_all
+
+bomb "end-of-stream bomb" eos-bomb
+wait_for 30 grep -q 'refused batch 1 from producer rogue' "$T/r0.log"
+check "end-of-stream bomb: refused by the router, naming the producer" \
+    grep -q 'refused batch 1 from producer rogue: .*' "$T/r0.log"
+check "end-of-stream bomb: the router's peak RSS $(vmhwm_kb $r0) kB under 64 MiB" \
+    test "$(vmhwm_kb $r0)" -lt 65536
+stop_all
+bomb "end-of-stream bomb control (a well-formed end of stream)" eos
+wait_for 30 grep -q 'EOS from producer rogue' "$T/r0.log"
+check "end-of-stream control: accepted" grep -q 'EOS from producer rogue (id [0-9a-f]*) listing 1 members' "$T/r0.log"
+stop_all
