@@ -494,13 +494,11 @@ static int plan_make(deploy_t *p, const char *spec_path, const ss_plan_overrides
         ss_run_new(run);
     }
     ss_run_hex(run, p->run);
-    /* A sealed input carries its stream id; any other pipeline gets one from
-     * its name, so that the file is stable. */
-    if (!p->plan.sealed_input) {
-        p->plan.stream = fnv1a(FNV_SEED, p->plan.name, strlen(p->plan.name));
-        if (!p->plan.stream)
-            p->plan.stream = 1;
-    }
+    /* The stream id comes from the pipeline's name, so that the file is
+     * stable (a sealed input is sealed again into the run by the source). */
+    p->plan.stream = fnv1a(FNV_SEED, p->plan.name, strlen(p->plan.name));
+    if (!p->plan.stream)
+        p->plan.stream = 1;
     if (plan_services(p, d) != 0 || plan_dirs(p, output, d) != 0 || plan_scripts(p, d) != 0 ||
         plan_data(p, d) != 0)
         return -1;
@@ -549,9 +547,8 @@ static void header(deploy_t *p)
             SWARM(p) ? "Docker Swarm stack" : "Docker Compose file");
     fprintf(f, "# `securestreams deploy %s --format %s`:\n# generate it again rather than edit it.\n",
             p->spec_file, SWARM(p) ? "swarm" : "compose");
-    fprintf(f, "#\n# Security %s; stream id 0x%08x (%s); on_error = %s.\n", pl->mode,
-            (unsigned)pl->stream, pl->sealed_input ? "the sealed input's" : "from the pipeline's name",
-            pl->on_error);
+    fprintf(f, "#\n# Security %s; stream id 0x%08x (from the pipeline's name); on_error = %s.\n",
+            pl->mode, (unsigned)pl->stream, pl->on_error);
     fprintf(f, "# Run id %s, made by this deploy: every sealed batch and statistics\n"
                "# record is bound to it. Bringing these files up again reuses it, so the sink\n"
                "# cannot tell that run's batches from an earlier one's: deploy again for a\n"

@@ -489,11 +489,12 @@ static void sealed_input(void **state)
     assert_int_equal(resolve(f, SPEC("", ""), &o), SS_ERR_USAGE);
     assert_err(f, "%s is a sealed file: stream it with --security encrypted --key FILE", path);
     assert_empty(f);
-    /* In an encrypted mode it streams as is, with its own stream id. */
+    /* In an encrypted mode it streams, each record sealed again into the
+     * run by the source: under the pipeline's stream id, not the file's. */
     o.security = "encrypted";
     assert_int_equal(resolve(f, SPEC("", "key = 'data.key'"), &o), SS_OK);
     assert_int_equal(f->plan.sealed_input, 1);
-    assert_int_equal(f->plan.stream, SEALED_STREAM);
+    assert_int_equal(f->plan.stream, OVERRIDE_STREAM);
 }
 
 static void checks_come_in_order(void **state)
