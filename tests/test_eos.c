@@ -263,23 +263,55 @@ static void msgpack_check_every_type(void **state)
     ss_pack_str(&pk, "end");
     msgpack_pack_map(&pk, 0);
     char why[128];
-    if (ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, why, sizeof why) != 0)
+    if (ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why) != 0)
         fail_msg("a valid document refused: %s", why);
     for (size_t n = 0; n < sb.size; n++)
-        if (ss_msgpack_check(sb.data, n, SS_MSGPACK_DEPTH, why, sizeof why) == 0)
+        if (ss_msgpack_check(sb.data, n, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why) == 0)
             fail_msg("a prefix of %zu of %zu bytes accepted", n, sb.size);
     msgpack_sbuffer_write(&sb, "\xc0", 1);
-    assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why), -1);
     ASSERT_CONTAINS(why, "1 bytes after the value");
     /* 0xc1 is never used; nesting past the bound */
-    assert_int_equal(ss_msgpack_check("\xc1", 1, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_int_equal(ss_msgpack_check("\xc1", 1, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why), -1);
     ASSERT_CONTAINS(why, "starts no value");
     uint8_t deep[40];
     memset(deep, 0x91, sizeof deep);
     deep[sizeof deep - 1] = 0xc0;
-    assert_int_equal(ss_msgpack_check(deep, sizeof deep, SS_MSGPACK_DEPTH, why, sizeof why), -1);
+    assert_int_equal(ss_msgpack_check(deep, sizeof deep, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why), -1);
     ASSERT_CONTAINS(why, "nested deeper than 32");
-    assert_int_equal(ss_msgpack_check(deep + 10, sizeof deep - 10, SS_MSGPACK_DEPTH, why, sizeof why), 0);
+    assert_int_equal(ss_msgpack_check(deep + 10, sizeof deep - 10, SS_MSGPACK_DEPTH, UINT64_MAX, why, sizeof why), 0);
+    /* a cap on the elements declared in all, whatever the bytes allow */
+    msgpack_sbuffer_clear(&sb);
+    msgpack_pack_array(&pk, 3);
+    for (int i = 0; i < 3; i++)
+        msgpack_pack_array(&pk, 0);
+    assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, 4, why, sizeof why), 0);
+    assert_int_equal(ss_msgpack_check(sb.data, sb.size, SS_MSGPACK_DEPTH, 3, why, sizeof why), -1);
+    ASSERT_CONTAINS(why, "more than 3 elements in all");
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* An end of stream of one-byte values, as many as its bytes allow: refused
+ * before msgpack-c builds an object for each (24 bytes apiece). */
+static void reader_bounds_elements(void **state)
+{
+    (void)state;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    ss_pack_str(&pk, "members");
+    msgpack_pack_array(&pk, SS_EOS_MAX_ELEMENTS);
+    for (unsigned i = 0; i < SS_EOS_MAX_ELEMENTS; i++)
+        msgpack_pack_uint64(&pk, i & 0x7f);
+    ss_pack_str(&pk, "stats");
+    msgpack_pack_map(&pk, 0);
+    ss_eos_reader r;
+    char err[256];
+    assert_int_equal(ss_eos_read(&r, sb.data, sb.size, err, sizeof err), SS_ERR_FORMAT);
+    ASSERT_CONTAINS(err, "more than 262144 elements in all");
+    ss_eos_reader_cleanup(&r);
     msgpack_sbuffer_destroy(&sb);
 }
 
@@ -975,6 +1007,7 @@ int main(void)
         cmocka_unit_test(writer_counts_entries),
         cmocka_unit_test(msgpack_check_every_type),
         cmocka_unit_test(reader_refuses_malformed),
+        cmocka_unit_test(reader_bounds_elements),
         cmocka_unit_test(reader_accepts_nil_stats_and_signed_ids),
         cmocka_unit_test(router_bytes_unchanged),
         cmocka_unit_test(source_bytes_unchanged),

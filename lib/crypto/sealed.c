@@ -254,7 +254,7 @@ static ss_err check_eos(ss_sealed_file_t *f, const uint8_t *plain, size_t len, c
     static const char *const keys[] = { "batches", "records", "header_lines", "final_newline" };
     ss_err rc = SS_ERR_FORMAT;
     char why[128];
-    if (ss_msgpack_check(plain, len, SS_MSGPACK_DEPTH, why, sizeof why) != 0
+    if (ss_msgpack_check(plain, len, SS_MSGPACK_DEPTH, 64, why, sizeof why) != 0
         || msgpack_unpack_next(&u, (const char *)plain, len, &off) != MSGPACK_UNPACK_SUCCESS
         || off != len || u.data.type != MSGPACK_OBJECT_MAP || u.data.via.map.size != 4) {
         ss_say(err, errlen, "%s: the end-of-stream record is not the expected map", where);

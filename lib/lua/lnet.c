@@ -166,13 +166,29 @@ static int raw_close(lua_State *L)
     return 0;
 }
 
-/* net.decode(s) -> the Lua value of a MessagePack document */
+/* An end-of-stream payload onto the stack, under the bounds of the
+ * router's reader (wire/eos.h): at most SS_EOS_MAX_ELEMENTS values, checked
+ * before the codec builds a table for any of them, so a hostile router's
+ * 16 MiB of one-byte values costs nothing. */
+static ss_err decode_eos(lua_State *L, const void *buf, size_t len, char *why, size_t whylen)
+{
+    if (ss_msgpack_check(buf, len, SS_MSGPACK_DEPTH, SS_EOS_MAX_ELEMENTS, why, whylen) != 0)
+        return SS_ERR_FORMAT;
+    if (ss_codec_decode(L, buf, len) != SS_OK) {
+        ss_say(why, whylen, "not a MessagePack document");
+        return SS_ERR_FORMAT;
+    }
+    return SS_OK;
+}
+
+/* net.decode(s) -> the Lua table of an end-of-stream map (within its bounds) */
 static int net_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
-    if (ss_codec_decode(L, s, len) != SS_OK)
-        return luaL_error(L, "not a MessagePack document");
+    char why[128];
+    if (decode_eos(L, s, len, why, sizeof why) != SS_OK)
+        return luaL_error(L, "not an end-of-stream map: %s", why);
     return 1;
 }
 
@@ -560,8 +576,11 @@ static int consumer_recv(lua_State *L)
     lua_pushstring(L, d.header.type == SS_MSG_EOS ? "eos" : "data");
     lua_pushinteger(L, (lua_Integer)d.tag);
     if (d.header.type == SS_MSG_EOS) {
-        if (ss_codec_decode(L, d.payload, d.payload_len) != SS_OK)
-            return bad_delivery(L, base, d.tag, "end-of-stream payload is not valid MessagePack");
+        char why[128];
+        if (decode_eos(L, d.payload, d.payload_len, why, sizeof why) != SS_OK) {
+            snprintf(msg, sizeof msg, "end-of-stream payload refused: %s", why);
+            return bad_delivery(L, base, d.tag, msg);
+        }
     } else {
         ss_batch_reader r;
         const uint8_t *payload = d.payload;

@@ -133,7 +133,7 @@ ss_err ss_eos_read(ss_eos_reader *r, const void *buf, size_t len, char *err, siz
     }
     size_t off = 0;
     char why[128];
-    if (ss_msgpack_check(buf, len, SS_MSGPACK_DEPTH, why, sizeof why) != 0) {
+    if (ss_msgpack_check(buf, len, SS_MSGPACK_DEPTH, SS_EOS_MAX_ELEMENTS, why, sizeof why) != 0) {
         ss_say(err, errlen, "EOS payload is not one MessagePack value: %s", why);
         return SS_ERR_FORMAT;
     }

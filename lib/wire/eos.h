@@ -19,7 +19,9 @@
  * Bounds: a map is at most SS_EOS_MAX_BYTES (what a message leaves after its
  * header), or the smaller limit given to the writer; the writer's storage
  * grows up to that limit and never past it. The reader refuses a larger
- * payload without parsing it.
+ * payload without parsing it, and one whose containers declare more than
+ * SS_EOS_MAX_ELEMENTS values in all before msgpack-c builds anything, so
+ * reading any end of stream costs at most about 6 MiB besides its bytes.
  */
 #ifndef SS_EOS_H
 #define SS_EOS_H
@@ -27,6 +29,10 @@
 #include "base/common.h"
 #include "wire/frame.h"
 #include "wire/pack.h"
+
+/* Values (every key, value and element) an end-of-stream map may hold: room
+ * for thousands of components' statistics, each a handful of values. */
+#define SS_EOS_MAX_ELEMENTS (1u << 18)
 
 #include <msgpack.h>
 

@@ -128,7 +128,8 @@ static int64_t value_size(const uint8_t *p, size_t left, uint64_t *elements)
     return (int64_t)(hdr + n);
 }
 
-int ss_msgpack_check(const void *buf, size_t len, int max_depth, char *why, size_t whylen)
+int ss_msgpack_check(const void *buf, size_t len, int max_depth, uint64_t max_elements, char *why,
+                     size_t whylen)
 {
     const uint8_t *p = buf;
     uint64_t todo[65];         /* values still to read at each open level */
@@ -164,6 +165,11 @@ int ss_msgpack_check(const void *buf, size_t len, int max_depth, char *why, size
             if (declared > len) {
                 snprintf(why, whylen, "containers declare more elements than there are bytes "
                          "(at byte %zu)", pos - (size_t)size);
+                return -1;
+            }
+            if (declared > max_elements) {
+                snprintf(why, whylen, "containers declare more than %llu elements in all "
+                         "(at byte %zu)", (unsigned long long)max_elements, pos - (size_t)size);
                 return -1;
             }
             if (depth + 1 > max_depth) {

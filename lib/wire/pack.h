@@ -62,12 +62,15 @@ void ss_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v);
 
 /* Before msgpack-c decodes untrusted bytes: check that buf is exactly one
  * well-formed MessagePack value, nested at most max_depth containers deep,
- * whose containers declare at most as many elements in all as buf has bytes
- * (every element takes a byte at least). msgpack_unpack_next allocates for
- * the declared sizes before it reads the elements, so without this a few
- * bytes declaring 2^32 elements make it reserve gigabytes; after it, what
- * it allocates is a small multiple of len. 0, or -1 with the reason and the
+ * whose containers declare at most max_elements elements in all, and never
+ * more than buf has bytes (every element takes a byte at least).
+ * msgpack_unpack_next allocates for the declared sizes before it reads the
+ * elements (an object of 24 bytes each), so without this a few bytes
+ * declaring 2^32 elements make it reserve gigabytes; after it, what it
+ * allocates is at most 24 bytes times the smaller of len and max_elements
+ * (strings and binaries point into buf). 0, or -1 with the reason and the
  * byte offset in why. */
-int ss_msgpack_check(const void *buf, size_t len, int max_depth, char *why, size_t whylen);
+int ss_msgpack_check(const void *buf, size_t len, int max_depth, uint64_t max_elements, char *why,
+                     size_t whylen);
 
 #endif

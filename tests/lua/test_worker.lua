@@ -411,6 +411,18 @@ test('the summary adds up redelivered batches; a record without them counts 0', 
   eq({ s.stages[2].stage, s.stages[2].redelivered }, { 'reducer', 0 }, 'reducer')
 end)
 
+test('an end-of-stream map is decoded within the bounds routers read it under', function()
+  local members = {}
+  for i = 1, 1000 do members[i] = i end
+  local t = net.decode(net.encode({ members = members, stats = {} }))
+  eq(#t.members, 1000, 'an honest map')
+  -- 2^18 one-byte values and one more: refused before any table is built
+  local bomb = '\x81\xa7members\xdd' .. string.pack('>I4', (1 << 18) + 1) .. ('\x01'):rep((1 << 18) + 1)
+  local ok_, err = pcall(net.decode, bomb)
+  ok(not ok_, 'the bomb refused')
+  ok(tostring(err):find('more than 262144 elements in all', 1, true), 'named: ' .. tostring(err))
+end)
+
 ---------------------------------------------------------------------------
 
 T.run('worker')
