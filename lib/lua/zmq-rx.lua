@@ -112,6 +112,20 @@ end
 -- source batch it received (about 1 KiB per 500,000 batches).
 local function seq_has(set, q) return set ~= nil and (set[q >> 6] or 0) & (1 << (q & 63)) ~= 0 end
 local function seq_add(set, q) set[q >> 6] = (set[q >> 6] or 0) | (1 << (q & 63)) end
+-- how many of first..last the set holds: a pass over its words, not the range
+local function seq_count(set, first, last)
+  local n = 0
+  for w, bits in pairs(set or {}) do
+    local lo, hi = w << 6, (w << 6) + 63
+    if hi >= first and lo <= last then
+      for b = 0, 63 do
+        local q = lo + b
+        if q >= first and q <= last and bits & (1 << b) ~= 0 then n = n + 1 end
+      end
+    end
+  end
+  return n
+end
 
 -- Batches sealed with another key: counted in stats.foreign, the key ids
 -- seen kept (a handful), the first ones logged. `ended()` at the end of the
@@ -766,6 +780,7 @@ function ZmqRx.summary()
     if s then records[#records + 1] = { id = id, s = s, maker = maker } end
   end
   local zero_run = string.rep('0', 32)
+  local worker_pos = {}   -- stage positions with an authenticated worker record of this run
   for _, r in ipairs(records) do
     local s, maker, ok = r.s, r.maker, true
     if maker then
@@ -779,6 +794,7 @@ function ZmqRx.summary()
         ok = false
       else
         s.pos = maker.pos
+        if maker.role == 'worker' then worker_pos[maker.pos] = true end
       end
     end
     local is_source = ok and (maker and maker.role == 'source' or not maker and s.stage == 'source')
@@ -805,19 +821,30 @@ function ZmqRx.summary()
       if s.t0 and (not t0 or s.t0 < t0) then t0 = s.t0 end
     end
   end
-  -- every batch a source says it sent, received once
+  -- every batch a source says it sent, received once; the work is bounded
+  -- by what was received (plus the names of the first missing ones), not
+  -- by what a record declares, which in plain mode anyone can forge
   local covered, declared = 0, {}
   for _, src in ipairs(sources) do
-    local got = run.covered[src.lineage_source or 0]
-    local first = src.first_seq or 0
-    declared[src.lineage_source or 0] = true
-    expected = expected + (src.batches or 0)
-    for seq = first, first + (src.batches or 0) - 1 do
-      if seq_has(got, seq) then
-        covered = covered + 1
-      elseif #missing < 10 then
-        missing[#missing + 1] = ('%s#%d'):format(net.hex(src.lineage_source or 0), seq)
-      end
+    local source = src.lineage_source or 0
+    local got = run.covered[source]
+    local first = math.tointeger(src.first_seq) or 0
+    local n = math.tointeger(src.batches) or 0
+    if first < 0 then first = 0 end
+    if n < 0 then n = 0 end
+    declared[source] = true
+    expected = expected + n
+    local last = first + n - 1
+    if last < first then last = math.maxinteger end   -- overflow: to the end
+    local have = seq_count(got, first, last)
+    covered = covered + have
+    -- each step finds a received batch (at most `have`) or a missing one
+    -- (at most 10): the loop ends within have + 10 steps
+    local seq = first
+    while #missing < 10 and seq <= last do
+      if not seq_has(got, seq) then missing[#missing + 1] = ('%s#%d'):format(net.hex(source), seq) end
+      if seq == math.maxinteger then break end
+      seq = seq + 1
     end
   end
   -- batches of a source no source record declares: counted as forged
@@ -845,6 +872,19 @@ function ZmqRx.summary()
     reasons[#reasons + 1] = ('batches of a source no source statistics declare: %s')
       :format(table.concat(foreign_lineage, ' '))
   end
+  -- every stage's counts: at least one authenticated worker record per
+  -- stage position before this sink's (SS_POS), or a stage's skipped and
+  -- rejected records could vanish from the summary unnoticed
+  local no_stats = {}
+  if config.key and config.pos then
+    for pos = 1, config.pos - 1 do
+      if not worker_pos[pos] then no_stats[#no_stats + 1] = pos end
+    end
+  end
+  if #no_stats > 0 then
+    reasons[#reasons + 1] = ('no authenticated statistics from stage position %s')
+      :format(table.concat(no_stats, ', '))
+  end
   local own = run.own
   own.foreign = own.foreign or 0
   if own.first_rejected and #reasons > 0 then
@@ -856,6 +896,7 @@ function ZmqRx.summary()
       table.concat(run.foreign_keys or {}, ', '), config.key and config.key:id() or 'no key')
   end
   local complete = #sources == config.sources and covered == expected and forged == 0
+    and #no_stats == 0
   if not complete and foreign_note then reasons[#reasons + 1] = foreign_note end
   table.sort(order, function(a, b)
     local pa, pb = stages[a].pos, stages[b].pos

@@ -16,6 +16,8 @@
 --   MODE=skip-stage          two hops: what the first stage publishes (hop 1's
 --                            front) goes straight to the sink (hop 2's back); the
 --                            second stage gets nothing
+--   MODE=drop-worker-stats   relay, but keep only the source's record in the end of
+--                            stream: every stage's counts (skipped, rejected) vanish
 --   MODE=foreign-key         deliver FOREIGN (default 12) batches sealed with the key
 --                            in KEY (the attacker's own) before the real stream,
 --                            made at position POS
@@ -95,7 +97,8 @@ if mode == 'foreign-key' then
   hops[1].preload = list
 end
 
--- The source's id: the lineage source of the batches seen (swap-source-record).
+-- The source's id: the lineage source of the batches seen (swap-source-record,
+-- drop-worker-stats).
 local source_id
 
 local function on_batch(i, m)
@@ -125,6 +128,11 @@ local function end_of_stream(i)
   local eos = { members = {}, stats = stats }
   if mode == 'capture' then write_file(capture .. '/eos', net.encode(eos)) end
   if mode == 'old-run' and i == #hops then eos = net.decode(read_file(capture .. '/eos')) end
+  if mode == 'drop-worker-stats' then
+    for id in pairs(stats) do
+      if not source_id or id ~= net.hex(source_id) then stats[id] = nil end
+    end
+  end
   if mode == 'swap-source-record' then
     local rec = net.decode(read_file(assert(env('RECORD'), 'RECORD: the record file')))
     if source_id then stats[net.hex(source_id)] = nil end

@@ -97,6 +97,12 @@ one_stage capture0 capture "$(new_run)" "$T/empty.csv" CAPTURE="$T/att/cap0"
 check "capture0: an empty run completes" test "$RC" -eq 0
 check "capture0: the attacker kept its end of stream" test -s "$T/att/cap0/eos"
 
+# ---- a stage's statistics dropped: its skipped and rejected counts vanish -----
+one_stage drop-stats drop-worker-stats "$(new_run)" "$F" &&
+    refused drop-stats 'no authenticated statistics from stage position 1'
+check "drop-stats: every row still arrived (only the counts were hidden)" \
+    grep -qx "records $ROWS" "$T/drop-stats.out"
+
 # ---- an earlier run's batches and statistics (same key) ----------------------
 one_stage old-run old-run "$(new_run)" "$F" CAPTURE="$T/att/cap" &&
     refused old-run 'batches rejected (first: batch .*batch of another run'
