@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #define READ_BUF (1u << 20)           /* initial read buffer of encrypt and decrypt */
+#define READER_BUF0 (64u << 10)       /* a reader's first buffer, doubled for larger records */
 #define RECORD_LENGTHS 8              /* u32 lineage length | u32 payload length */
 #define RECORD_MAX (RECORD_LENGTHS + SS_MAX_MESSAGE)
 #define EOS_PAYLOAD_MAX 128           /* the sealed file's EOS map is ~60 bytes */
@@ -137,11 +138,11 @@ static ss_err sealed_open(const char *path, const ss_key_t *k, const char *keyna
         return rc;
     }
     f->fd = -1;
-    if (!(f->path = strdup(path)) || !(f->buf = malloc(READ_BUF))) {
+    if (!(f->path = strdup(path)) || !(f->buf = malloc(READER_BUF0))) {
         ss_say(err, errlen, "%s: out of memory", path);
         goto fail;
     }
-    f->cap = READ_BUF;
+    f->cap = READER_BUF0;
     if ((f->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
         int en = errno;
         ss_say(err, errlen, "cannot open %s: %s", path, strerror(en));
