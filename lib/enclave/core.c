@@ -8,7 +8,9 @@
  * batch cannot fill the window); its payload checked to be a batch of the
  * events the header counts; its events run through the chain (l_call under
  * drive); the output sealed, or, for a stateful stage, its lineage added to
- * the open group that ss_core_flush seals. A batch refused at any phase is
+ * the open group that ss_core_flush seals. A stateful stage rejects, before
+ * its events run, a batch whose lineage overlaps the open group's: a partial
+ * covers each source batch once. A batch refused at any phase is
  * counted and said in the reply, and leaves the core as it was.
  *
  * Invariants: the output writer's storage is allocated at its limit and
@@ -58,7 +60,7 @@ struct ss_core {
     uint8_t *buf;                       /* SS_CORE_BUF_BYTES: input copy, then the sealed output */
     uint8_t *ad;                        /* output header || lineage */
     size_t adcap;
-    ss_lineage_id *ids;                 /* the open group's lineage */
+    ss_lineage_id *ids;                 /* the open group's lineage, sorted, each id once */
     size_t nids, capids;
     ss_replay_t *replay;                /* REPLAY_PRODUCERS, allocated before lockdown */
 
@@ -698,10 +700,12 @@ static void group_add(ss_core_t *c, const uint8_t *lineage, size_t nids)
     size_t i = c->nids, j = nids, k = c->nids + nids;
     while (j > 0) {
         ss_lineage_id b = ss_lineage_get(lineage, j - 1);
-        if (i > 0 && id_less(b, c->ids[i - 1]))
+        if (i > 0 && id_less(b, c->ids[i - 1])) {
             c->ids[--k] = c->ids[--i];
-        else
-            c->ids[--k] = b, j--;
+        } else {
+            c->ids[--k] = b;
+            j--;
+        }
     }
     c->nids += nids;
 }
