@@ -8,7 +8,9 @@
  * batch cannot fill the window); its payload checked to be a batch of the
  * events the header counts; its events run through the chain (l_call under
  * drive); the output sealed, or, for a stateful stage, its lineage added to
- * the open group that ss_core_flush seals. A batch refused at any phase is
+ * the open group that ss_core_flush seals. A stateful stage rejects, before
+ * its events run, a batch whose lineage overlaps the open group's: a partial
+ * covers each source batch once. A batch refused at any phase is
  * counted and said in the reply, and leaves the core as it was.
  *
  * Invariants: the output writer's storage is allocated at its limit and
@@ -58,7 +60,7 @@ struct ss_core {
     uint8_t *buf;                       /* SS_CORE_BUF_BYTES: input copy, then the sealed output */
     uint8_t *ad;                        /* output header || lineage */
     size_t adcap;
-    ss_lineage_id *ids;                 /* the open group's lineage */
+    ss_lineage_id *ids;                 /* the open group's lineage, sorted, each id once */
     size_t nids, capids;
     ss_replay_t *replay;                /* REPLAY_PRODUCERS, allocated before lockdown */
 
@@ -645,6 +647,69 @@ static ss_err run_chain(ss_core_t *c, const ss_header_t *h, const uint8_t *linea
     return SS_OK;
 }
 
+/* ---- the open group's lineage ----------------------------------------------- */
+
+static int id_less(ss_lineage_id a, ss_lineage_id b)
+{
+    return a.source < b.source || (a.source == b.source && a.seq < b.seq);
+}
+
+/* Is id in the open group (c->ids, kept sorted)? */
+static int group_has(const ss_core_t *c, ss_lineage_id id)
+{
+    size_t lo = 0, hi = c->nids;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (id_less(c->ids[mid], id))
+            lo = mid + 1;
+        else if (id_less(id, c->ids[mid]))
+            hi = mid;
+        else
+            return 1;
+    }
+    return 0;
+}
+
+/* A batch whose lineage overlaps the open group's would be counted twice in
+ * one partial result, and merging the lineages would hide it from every
+ * router and the sink: rejected before its events run. An honest router
+ * never delivers one (docs/protocol.md, rules 3 and 5). 1, or 0 when
+ * rejected. */
+static int check_group(ss_core_t *c, const ss_header_t *h, const uint8_t *lineage, size_t nids,
+                       ss_channel_reply *rep)
+{
+    if (!c->stateful || !c->group_open)
+        return 1;
+    for (size_t i = 0; i < nids; i++) {
+        ss_lineage_id id = ss_lineage_get(lineage, i);
+        if (group_has(c, id)) {
+            char why[128];
+            ss_say(why, sizeof why, "lineage %016llx#%llu already in this partial",
+                   (unsigned long long)id.source, (unsigned long long)id.seq);
+            reject(c, rep, h->producer, h->seq, why);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Merge the batch's sorted lineage into the group's, from the back (room
+ * made by make_room; check_group made sure no id is in both). */
+static void group_add(ss_core_t *c, const uint8_t *lineage, size_t nids)
+{
+    size_t i = c->nids, j = nids, k = c->nids + nids;
+    while (j > 0) {
+        ss_lineage_id b = ss_lineage_get(lineage, j - 1);
+        if (i > 0 && id_less(b, c->ids[i - 1])) {
+            c->ids[--k] = c->ids[--i];
+        } else {
+            c->ids[--k] = b;
+            j--;
+        }
+    }
+    c->nids += nids;
+}
+
 /* After the chain: count the batch, then seal its output (stateless) or
  * add its lineage to the open group (stateful). */
 static ss_err take_output(ss_core_t *c, const ss_header_t *h, const uint8_t *lineage, size_t llen,
@@ -662,8 +727,7 @@ static ss_err take_output(ss_core_t *c, const ss_header_t *h, const uint8_t *lin
         memcpy(c->ad + SS_HEADER_SIZE, lineage, llen);
         return seal_output(c, seq, llen, h->origin, rep);
     }
-    for (size_t i = 0; i < nids; i++)
-        c->ids[c->nids++] = ss_lineage_get(lineage, i);
+    group_add(c, lineage, nids);
     c->group_open = 1;
     c->group_alone = redelivered;
     return SS_OK;
@@ -683,7 +747,8 @@ ss_err ss_core_batch(ss_core_t *c, const uint8_t *hdr, const uint8_t *lineage, s
     ss_header_t h;
     size_t nids;
     if (!check_header(c, hdr, lineage, llen, &h, &nids, rep)
-        || !open_input(c, hdr, lineage, llen, payload, plen, &h, rep))
+        || !open_input(c, hdr, lineage, llen, payload, plen, &h, rep)
+        || !check_group(c, &h, lineage, nids, rep))
         return SS_OK;
     int ran;
     ss_err rc = make_room(c, llen, nids, rep);
@@ -703,10 +768,18 @@ ss_err ss_core_flush(ss_core_t *c, uint64_t seq, ss_channel_reply *rep)
     c->call.close = 1;
     ss_err rc = drive(c, rep);
     c->group_open = c->group_alone = 0;
-    size_t n = ss_lineage_normalise(c->ids, c->nids);
+    size_t n = ss_lineage_normalise(c->ids, c->nids), named = c->nids;
     c->nids = 0;
     if (rc != SS_OK)
         return rc;
+    if (n != named) {
+        /* check_group keeps ids apart: merged away, a batch counted twice would pass unseen */
+        ss_say(rep->message, sizeof rep->message,
+               "stage %s: the group's lineage names %zu source batches more than once", c->stage,
+               named - n);
+        ss_batch_writer_reset(&c->writer);
+        return SS_ERR_FORMAT;
+    }
     if ((rc = policy_result(c, rep)) != SS_OK) {
         ss_batch_writer_reset(&c->writer);
         return rc;

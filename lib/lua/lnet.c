@@ -18,6 +18,7 @@
 
 #include <lauxlib.h>
 #include <sodium.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1113,7 +1114,10 @@ static int net_lineage(lua_State *L)
     return 1;
 }
 
-/* net.lineage_union({s1, s2, ...}) -> sorted union */
+/* net.lineage_union({s1, s2, ...}) -> their sorted union. The parts of one
+ * partial result cover disjoint source batches (the worker refuses a batch
+ * whose lineage overlaps its open group's), so an id named twice is an error,
+ * never merged away: merged, it would hide that a batch was counted twice. */
 static int net_lineage_union(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -1138,13 +1142,70 @@ static int net_lineage_union(lua_State *L)
             ids[n++] = ss_lineage_get(s, k);
         lua_pop(L, 1);
     }
-    n = ss_lineage_normalise(ids, n);
+    size_t distinct = ss_lineage_normalise(ids, n);
+    if (distinct != n)
+        return luaL_error(L, "lineage union: %d source batch ids named more than once in %d parts "
+                          "(overlapping lineages in one partial result)", (int)(n - distinct), (int)parts);
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, n * SS_LINEAGE_ENTRY);
     for (size_t k = 0; k < n; k++)
         ss_lineage_put(out, k, ids[k]);
     luaL_pushresultsize(&b, n * SS_LINEAGE_ENTRY);
     return 1;
+}
+
+/* Index of id in the sorted lineage s of n ids, or -1. */
+static ptrdiff_t lineage_find(const char *s, size_t n, ss_lineage_id id)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        ss_lineage_id m = ss_lineage_get(s, mid);
+        if (m.source == id.source && m.seq == id.seq)
+            return (ptrdiff_t)mid;
+        if (m.source < id.source || (m.source == id.source && m.seq < id.seq))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+/* net.lineage_overlap(a, b) -> nil | source, seq: the first id of the
+ * sorted lineage a (in its order) that b names too. Each id of the shorter
+ * one is looked up in the longer, so a one-id batch against a long group
+ * costs a binary search. */
+static int net_lineage_overlap(lua_State *L)
+{
+    size_t alen, blen, na, nb;
+    const char *a = luaL_checklstring(L, 1, &alen);
+    const char *b = luaL_checklstring(L, 2, &blen);
+    if (ss_lineage_check(a, alen, &na) != SS_OK)
+        return luaL_argerror(L, 1, "not a sorted lineage");
+    if (ss_lineage_check(b, blen, &nb) != SS_OK)
+        return luaL_argerror(L, 2, "not a sorted lineage");
+    int a_short = na <= nb;
+    const char *s = a_short ? a : b, *l = a_short ? b : a;
+    size_t ns = a_short ? na : nb, nl = a_short ? nb : na;
+    ptrdiff_t first = -1;   /* index in a */
+    for (size_t k = 0; k < ns; k++) {
+        ptrdiff_t at = lineage_find(l, nl, ss_lineage_get(s, k));
+        if (at < 0)
+            continue;
+        ptrdiff_t ia = a_short ? (ptrdiff_t)k : at;
+        if (first < 0 || ia < first)
+            first = ia;
+        if (a_short)
+            break;
+    }
+    if (first < 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    ss_lineage_id id = ss_lineage_get(a, (size_t)first);
+    lua_pushinteger(L, (lua_Integer)id.source);
+    lua_pushinteger(L, (lua_Integer)id.seq);
+    return 2;
 }
 
 /* net.lineage_ids(s) -> { {source, seq}, ... } */
@@ -1301,6 +1362,7 @@ int luaopen_securestreams_net(lua_State *L)
     static const luaL_Reg funcs[] = {
         { "consumer", net_consumer }, { "producer", net_producer }, { "writer", net_writer },
         { "lineage", net_lineage }, { "lineage_union", net_lineage_union },
+        { "lineage_overlap", net_lineage_overlap },
         { "lineage_ids", net_lineage_ids }, { "new_id", net_new_id }, { "hex", net_hex },
         { "new_run", net_new_run },
         { "now", net_now }, { "ready", net_ready }, { "key", net_key },

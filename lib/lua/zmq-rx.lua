@@ -512,7 +512,27 @@ local function chain_stage(chain, producer)
     return fresh(d.producer, d.seq)
   end
 
+  -- A batch whose lineage overlaps the open group's would be counted twice
+  -- in one partial result, which no router or sink could see once the
+  -- lineages are merged: rejected, never processed. An honest router never
+  -- delivers it (it parks a batch whose lineage is claimed by one not yet
+  -- acknowledged, and this group's batches are acknowledged only once their
+  -- partial is receipted downstream; docs/protocol.md, rules 3 and 5).
+  local function overlapping(d)
+    for _, part in ipairs(group and group.lineages or {}) do
+      local source, seq = net.lineage_overlap(d.lineage, part)
+      if source then
+        return ('lineage %s#%d already in this partial'):format(net.hex(source), seq)
+      end
+    end
+  end
+
   function stage.add(d)
+    local why = overlapping(d)
+    if why then
+      reject(why, d.producer, d.seq)
+      return true
+    end
     if not group then open_group() end
     cur.lineage, cur.origin, cur.producer, cur.seq = d.lineage, d.origin, d.producer, d.seq
     stats['in'] = stats['in'] + #d.data

@@ -21,11 +21,19 @@
 --   MODE=foreign-key         deliver FOREIGN (default 12) batches sealed with the key
 --                            in KEY (the attacker's own) before the real stream,
 --                            made at position POS
+--   MODE=dup-group           two hops: hop 1 delivers every batch to EVERY consumer
+--                            (each stage-1 worker gets each source batch, as a
+--                            normal delivery); hop 2 holds what stage 1 publishes
+--                            until its end of stream, then delivers it sorted by
+--                            lineage, so the outputs of one source batch come next
+--                            to each other, into one group of a stateful stage 2
 --
 -- FROM and TO bind hop 1 (its producer and consumer sides); FROM2 and TO2,
 -- when set, hop 2. It prints "ready FROM TO [FROM2 TO2]" on stdout once
--- bound, serves one consumer per hop (the first to join), and exits 0 once
--- the last hop's consumer acknowledged the end of stream (1 after 60 s).
+-- bound. Each hop serves every consumer that joins: a batch goes to one of
+-- them (dup-group's hop 1: to all), the end of stream to each, listing them
+-- all as members. It exits 0 once every consumer of the last hop
+-- acknowledged the end of stream (1 after 60 s).
 local net = require 'securestreams.net'
 local mode = os.getenv('MODE') or 'relay'
 local env = os.getenv
@@ -49,14 +57,17 @@ local function write_file(path, s)
   f:close()
 end
 
--- A hop: the sockets of one router, its producers and its one consumer.
+-- A hop: the sockets of one router, its producers and its consumers (each
+-- { id, credit, queue (its own), eos_tag, acked }), its shared queue, and
+-- `final`, the end of stream once every producer sent one.
 local function new_hop(from, to)
   local h = { front = net.raw('router', from), back = net.raw('router', to), queue = {},
-              producers = {}, nproducers = 0, eos = {}, neos = 0, credit = 0, tag = 0 }
+              producers = {}, nproducers = 0, eos = {}, consumers = {}, tag = 0, hold = {} }
   return h
 end
 local hops = { new_hop(env('FROM') or 'tcp://127.0.0.1:*', env('TO') or 'tcp://127.0.0.1:*') }
 if env('FROM2') then hops[2] = new_hop(env('FROM2'), env('TO2')) end
+assert(mode ~= 'dup-group' or #hops == 2, 'dup-group: two hops (FROM2 and TO2)')
 local ready = {}
 for _, h in ipairs(hops) do
   ready[#ready + 1] = h.front:endpoint()
@@ -109,13 +120,21 @@ local function on_batch(i, m)
       m[1] .. string.pack('<I4', #m[2]) .. m[2] .. m[3])
   end
   if mode == 'old-run' or mode == 'swap-source-record' then return end
+  if mode == 'dup-group' then
+    if i == 1 then
+      for _, c in ipairs(hops[1].consumers) do c.queue[#c.queue + 1] = m end   -- to EVERY consumer
+    else
+      hops[2].hold[#hops[2].hold + 1] = m
+    end
+    return
+  end
   local d = dest(i)
   d.queue[#d.queue + 1] = m
 end
 
 -- Every producer of hop i sent its end of stream: one end of stream for the
--- consumer, statistics merged (the first of an id wins); its members are
--- the consumer it goes to, as a router lists them (made when delivered).
+-- consumers, statistics merged (the first of an id wins); its members are
+-- the consumers, as a router lists them (made when delivered).
 local function end_of_stream(i)
   local h = hops[i]
   local stats = {}
@@ -138,15 +157,52 @@ local function end_of_stream(i)
     if source_id then stats[net.hex(source_id)] = nil end
     stats[rec.id] = { sealed = rec.sealed, n = rec.n }
   end
+  if mode == 'dup-group' and i == 2 then
+    -- what stage 1 made, one source batch's outputs next to each other
+    table.sort(h.hold, function(a, b)
+      if a[2] ~= b[2] then return a[2] < b[2] end
+      return a[1] < b[1]
+    end)
+    table.move(h.hold, 1, #h.hold, #h.queue + 1, h.queue)
+    io.stderr:write(('[hostile router] hop 2: delivering %d held batches, sorted by lineage\n'):format(#h.hold))
+    h.hold = {}
+  end
   local d = dest(i)
-  d.queue[#d.queue + 1] = { eos = eos, stream = string.unpack('<I4', h.eos[1][1], 5) }
+  d.final = { eos = eos, stream = string.unpack('<I4', h.eos[1][1], 5) }
 end
 
--- The end of stream m as delivered to hop h's consumer.
+-- The end of stream m as delivered to hop h's consumers.
 local function eos_frames(h, m)
-  m.eos.members = { (string.unpack('<I8', h.consumer, 2)) }
-  local hdr = string.pack('<BBHI4I8I8I4I4I8', 1, 2, 0, m.stream, 0x4854534f48, 0, 1, 0, 0)
+  local members = {}
+  for _, c in ipairs(h.consumers) do members[#members + 1] = (string.unpack('<I8', c.id, 2)) end
+  m.eos.members = members
+  local hdr = string.pack('<BBHI4I8I8I4I4I8', 1, 2, 0, m.stream, 0x4854534f48, 0, #members, 0, 0)
   return hdr, '', net.encode(m.eos)
+end
+
+-- The next message for consumer c of hop h: its own queue, then what the hop
+-- delivers first (foreign batches, an old run's), then the shared queue,
+-- then the end of stream (once).
+local function next_message(h, c)
+  if #c.queue > 0 then return table.remove(c.queue, 1) end
+  if h.preload and #h.preload > 0 then return table.remove(h.preload, 1) end
+  if #h.queue > 0 then return table.remove(h.queue, 1) end
+  if h.final and not c.eos_tag then return h.final end
+end
+
+local function find_consumer(h, id)
+  for _, c in ipairs(h.consumers) do
+    if c.id == id then return c end
+  end
+end
+
+-- Every consumer of the last hop acknowledged its end of stream.
+local function all_acked()
+  local cs = hops[#hops].consumers
+  for _, c in ipairs(cs) do
+    if not c.acked then return false end
+  end
+  return #cs > 0
 end
 
 -- A message on hop i's producer side.
@@ -182,38 +238,44 @@ while not done and net.now() < deadline do
     if b then
       idle = false
       local kind, _, n, t = unlink(b[2])
-      if kind == JOIN and not h.consumer then
-        h.consumer = b[1]
-        h.back:send(h.consumer, link(WELCOME, 0, 0, 0))
-      elseif kind == CREDIT and b[1] == h.consumer then
-        h.credit = h.credit + n
-      elseif kind == ACK and b[1] == h.consumer and t == h.eos_tag and i == #hops then
-        done = true
+      local c = find_consumer(h, b[1])
+      if kind == JOIN and not c then
+        h.consumers[#h.consumers + 1] = { id = b[1], credit = 0, queue = {} }
+        h.back:send(b[1], link(WELCOME, 0, 0, 0))
+      elseif kind == CREDIT and c then
+        c.credit = c.credit + n
+      elseif kind == ACK and c and t == c.eos_tag and i == #hops then
+        c.acked = true
+        done = all_acked()
       end
     end
   end
   if net.now() - last_beat > 0.1 then
     for _, h in ipairs(hops) do
       for p in pairs(h.producers) do h.front:send(p, link(HEARTBEAT, 0, 0, 0)) end
-      if h.consumer then h.back:send(h.consumer, link(HEARTBEAT, 0, 0, 0)) end
+      for _, c in ipairs(h.consumers) do h.back:send(c.id, link(HEARTBEAT, 0, 0, 0)) end
     end
     last_beat = net.now()
   end
   for _, h in ipairs(hops) do
-    -- what this hop delivers first (foreign batches, an old run's), then its queue
-    local function next_list() return h.preload and #h.preload > 0 and h.preload or h.queue end
-    local list = next_list()
-    while h.consumer and h.credit > 0 and #list > 0 do
-      local m = table.remove(list, 1)
-      h.tag = h.tag + 1
-      if m.eos then
-        h.eos_tag = h.tag
-        m[1], m[2], m[3] = eos_frames(h, m)
+    -- one message to each consumer with credit in turn, while any moves
+    local moved = true
+    while moved do
+      moved = false
+      for _, c in ipairs(h.consumers) do
+        local m = c.credit > 0 and next_message(h, c)
+        if m then
+          h.tag = h.tag + 1
+          local f1, f2, f3 = m[1], m[2], m[3]
+          if m.eos then
+            c.eos_tag = h.tag
+            f1, f2, f3 = eos_frames(h, m)
+          end
+          h.back:send(c.id, link(DELIVER, 0, 0, h.tag), f1, f2, f3)
+          c.credit = c.credit - 1
+          moved, idle = true, false
+        end
       end
-      h.back:send(h.consumer, link(DELIVER, 0, 0, h.tag), m[1], m[2], m[3])
-      h.credit = h.credit - 1
-      idle = false
-      list = next_list()
     end
   end
   if idle then

@@ -10,6 +10,13 @@ redelivered() {
     "$SS" lua -e "local s = require('json').decode(io.open('$T/s.json'):read('a'))
         for _, st in ipairs(s.stages) do if st.stage == '$1' then print(st.redelivered) end end"
 }
+# rejected: the batches every stage and the sink rejected, from the summary (an honest
+# run rejects none: a redelivered batch is a partial of its own, and a
+# re-processed copy is parked, then dropped, by the router)
+rejected() {
+    "$SS" lua -e "local s = require('json').decode(io.open('$T/s.json'):read('a'))
+        local n = s.sink.rejected for _, st in ipairs(s.stages) do n = n + st.rejected end print(n)"
+}
 find_victim() { # NAME: sets victim, the pid of this run's worker NAME
     victim=$(pgrep -s $run -f "securestreams worker .*--name $1 " | head -1)
     [ -n "$victim" ]
@@ -34,6 +41,8 @@ kill_test() { # stage victim_name
     # the recovery ran: the dead worker's batches reached the other worker again
     n=$(redelivered "$1")
     check "$1 killed: its batches were redelivered (${n:-none})" test "${n:-0}" -gt 0
+    n=$(rejected)
+    check "$1 killed: no stage rejected a batch (${n:-no summary})" test "${n:-1}" -eq 0
     [ "$rc" -eq 0 ] || tail -30 "$T/err"
 }
 kill_test mapper 'mapper#2'

@@ -28,9 +28,9 @@ local TIMEOUT = {}                  -- a script step: nothing came before the ti
 local function batch(seq, o)
   o = o or {}
   return { kind = o.kind or 'data', tag = o.tag or seq, data = o.events or { seq },
-           lineage = net.lineage(SOURCE, seq), origin = 1 + 10 * seq,
-           flags = o.redelivered and net.REDELIVERED or 0, producer = SOURCE, seq = seq,
-           why = o.why }
+           lineage = o.lineage or net.lineage(SOURCE, seq), origin = 1 + 10 * seq,
+           flags = o.redelivered and net.REDELIVERED or 0, producer = o.producer or SOURCE,
+           seq = o.seq or seq, why = o.why }
 end
 
 local function rejected(seq, o)
@@ -264,6 +264,60 @@ test('a rejected, replayed or refused batch is acknowledged at once and produces
   eq(stage.stats.redelivered, 1, 'a rejected redelivered batch still counts as redelivered')
   eq(r.consumer.acks, { 2, 3, 4, 1, 5, EOS_TAG }, 'acknowledgements')
   eq(r.consumer.rejects, { 2, 3, 4 }, 'flagged REJECTED, so the router forgets their lineage claims')
+end)
+
+-- What two map workers make of one source batch a hostile router gave
+-- both, delivered into one group: another producer and sequence number (the
+-- replay window passes it), the same lineage.
+local MAPPER_B = 0xb0b
+local function twin(seq, tag, o)
+  o = o or {}
+  o.tag, o.producer, o.seq, o.events = tag, MAPPER_B, o.seq or seq, o.events or { 1000 * seq }
+  return batch(seq, o)
+end
+
+test('a batch whose lineage overlaps the open group is rejected, never counted twice', function()
+  local r, stage = run(sum(), {
+    batch(1), batch(2),
+    twin(2, 12),                                                    -- the same source batch 2
+    twin(3, 13, { lineage = net.lineage_union({ net.lineage(SOURCE, 1), net.lineage(SOURCE, 3) }) }),
+    batch(4),
+    eos(),
+  }, 32)
+  eq(coverage(r), { { 1, 2, 4 } }, 'one partial, each source batch once')
+  eq(r.producer.outputs[1].count, 1, 'one partial result')
+  eq(r.consumer.rejects, { 12, 13 }, 'acknowledged REJECTED')
+  eq(stage.stats.rejected, 2, 'rejected')
+  eq(stage.stats.batches, 3, 'batches processed')
+  eq(stage.stats['in'], 3, 'events of the rejected batches never ran')
+  ok(stage.stats.first_rejected:find(('batch 2 of producer %s: lineage %s#2 already in this partial')
+    :format(net.hex(MAPPER_B), net.hex(SOURCE)), 1, true), 'named: ' .. tostring(stage.stats.first_rejected))
+end)
+
+test('the same source batch in the next group is left to the routers and the sink (control)', function()
+  local r, stage = run(sum(), { batch(1), batch(2), TIMEOUT, twin(2, 12), eos() }, 32)
+  eq(coverage(r), { { 1, 2 }, { 2 } }, 'outputs')
+  eq(r.consumer.rejects, {}, 'nothing rejected')
+  eq(stage.stats.rejected, 0, 'rejected')
+end)
+
+test('a redelivered batch is a partial of its own: its lineage meets no open group', function()
+  local r, stage = run(sum(), { batch(1), batch(2), twin(2, 12, { redelivered = true }), batch(3), eos() }, 32)
+  eq(coverage(r), { { 1, 2 }, { 2 }, { 3 } }, 'outputs')
+  eq(stage.stats.rejected, 0, 'rejected')
+end)
+
+test('a lineage union refuses an id named twice; lineage_overlap finds it', function()
+  local a, b, c = net.lineage(SOURCE, 1), net.lineage(SOURCE, 2), net.lineage(SOURCE, 3)
+  eq(net.lineage_union({ c, a, b }), a .. b .. c, 'disjoint parts: the sorted union')
+  local fine, err = pcall(net.lineage_union, { a .. b, b .. c })
+  ok(not fine and tostring(err):find('1 source batch ids named more than once in 2 parts', 1, true),
+     'overlapping parts: ' .. tostring(err))
+  eq({ net.lineage_overlap(a .. b, b .. c) }, { SOURCE, 2 }, 'overlap found')
+  eq({ net.lineage_overlap(b .. c, a .. b .. c) }, { SOURCE, 2 }, 'the first of the first lineage')
+  eq({ net.lineage_overlap(a .. b .. c, c) }, { SOURCE, 3 }, 'a long one against a short one')
+  eq({ net.lineage_overlap(a, b .. c) }, { nil }, 'none')
+  eq({ net.lineage_overlap('', a) }, { nil }, 'empty')
 end)
 
 ---------------------------------------------------------------------------
