@@ -1429,6 +1429,17 @@ void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st)
     }
 }
 
+int ss_router_state_peer_live(const ss_router_state_t *s, uint64_t id)
+{
+    for (size_t i = 0; i < s->nmem; i++)
+        if (!s->mem[i]->gone && s->mem[i]->id == id)
+            return 1;
+    for (size_t i = 0; i < s->nwaiting; i++)
+        if (s->waiting[i]->id == id)
+            return 1;
+    return 0;
+}
+
 ss_err ss_router_state_new(const ss_router_opts *o, uint64_t self_id,
                            ss_router_send_fn *send, void *arg, ss_router_state_t **out)
 {

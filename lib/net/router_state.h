@@ -73,4 +73,8 @@ int ss_router_state_done(const ss_router_state_t *s, int64_t *at);
 
 void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st);
 
+/* 1 when a live member, or a producer waiting for its WELCOME, joined with
+ * peer id `id` (on either side). */
+int ss_router_state_peer_live(const ss_router_state_t *s, uint64_t id);
+
 #endif
