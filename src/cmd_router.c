@@ -159,21 +159,19 @@ static void log_stats(const ss_router_t *r, const ss_router_opts *o)
 {
     ss_router_stats st;
     ss_router_get_stats(r, &st);
-    char auth[192] = "";
+    char auth[160] = "";
     if (o->curve_key)
         snprintf(auth, sizeof auth, ", CurveZMQ handshakes refused %llu, impostors %llu, "
-                 "role refusals %llu, peer ids bound %llu", (unsigned long long)st.auth_refused,
-                 (unsigned long long)st.impostors, (unsigned long long)st.role_refused,
-                 (unsigned long long)st.peer_ids);
+                 "role refusals %llu", (unsigned long long)st.auth_refused,
+                 (unsigned long long)st.impostors, (unsigned long long)st.role_refused);
     ss_log_info("batches in %llu, out %llu, duplicates %llu, parked %llu, rejected %llu, "
                 "redelivered %llu, refused %llu, overruns %llu, evicted %llu, joins deferred %llu, "
-                "peak held %llu bytes, lineage claims %llu%s", (unsigned long long)st.batches_in,
+                "peak held %llu bytes%s", (unsigned long long)st.batches_in,
                 (unsigned long long)st.batches_out, (unsigned long long)st.duplicates,
                 (unsigned long long)st.parked, (unsigned long long)st.rejected,
                 (unsigned long long)st.redelivered, (unsigned long long)st.refused,
                 (unsigned long long)st.overruns, (unsigned long long)st.evicted,
-                (unsigned long long)st.joins_deferred, (unsigned long long)st.bytes_held_max,
-                (unsigned long long)st.claims, auth);
+                (unsigned long long)st.joins_deferred, (unsigned long long)st.bytes_held_max, auth);
 }
 
 /* securestreams router [options]; argv[0] is "router". */

@@ -522,13 +522,6 @@ ss_err ss_producer_publish(ss_producer_t *pr, const ss_header_t *h,
         return SS_ERR_TOOBIG;
     if (ss_lineage_check(lineage, lineage_len, &ids) != SS_OK)
         return SS_ERR_FORMAT;
-    if (ids > SS_LINEAGE_MAX_IDS) {
-        /* a router would refuse it: say so here, where the cause is */
-        ss_log("%s: not publishing a batch whose lineage names %zu source batches, more than "
-               "the %u a message may name (a stateful stage's group of more than %u batches?)",
-               pr->p.name, ids, (unsigned)SS_LINEAGE_MAX_IDS, (unsigned)SS_LINEAGE_MAX_IDS);
-        return SS_ERR_TOOBIG;
-    }
     /* Read receipts and keep up heartbeats; wait only while the window is full. */
     for (;;) {
         ss_err rc = producer_read(pr);

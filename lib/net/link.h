@@ -69,9 +69,8 @@ ss_err ss_producer_new(void *zctx, const char *addr, const ss_link_opts *o,
  * (may be NULL) about every heartbeat interval. The bytes are copied.
  * *pubseq receives the publish sequence (0, 1, 2, ...); the router receipts
  * in that order. Errors: SS_ERR_CLOSED when the router stopped answering,
- * SS_ERR_TOOBIG when header, lineage and payload exceed SS_MAX_MESSAGE or
- * the lineage names more than SS_LINEAGE_MAX_IDS ids (logged with both
- * counts), SS_ERR_FORMAT when the lineage frame is not sorted 16-byte ids. */
+ * SS_ERR_TOOBIG when header, lineage and payload exceed SS_MAX_MESSAGE,
+ * SS_ERR_FORMAT when the lineage frame is not sorted 16-byte ids. */
 ss_err ss_producer_publish(ss_producer_t *p, const ss_header_t *h,
                            const void *lineage, size_t lineage_len,
                            const void *payload, size_t payload_len,

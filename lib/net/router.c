@@ -44,21 +44,14 @@
 #define HS_LOG_EVERY_MS 10000
 /* Identities under CurveZMQ: lines logged about impostors and role
  * refusals (one per key among the last ID_RECENT keys), and peer ids bound
- * to the first key that joined with them. A binding outlives its member, so
- * that no other key takes a finished member's peer id, but a key keeps at
- * most ID_PER_KEY of them beyond its live members: binding one more frees
- * its least recently joined one that no live member uses. A full table
- * frees the least recently joined one of any key that no live member uses
- * (live members are far fewer than ID_BIND_MAX). */
+ * to the first key that joined with them. */
 #define ID_LOG_LIMIT 100
 #define ID_RECENT 64
 #define ID_BIND_MAX 65536
-#define ID_PER_KEY 64
 
 typedef struct {
     uint64_t peer;
     uint8_t key[32];
-    uint64_t joined;   /* r->join_clock at its last JOIN */
 } id_binding;
 
 struct ss_router {
@@ -81,7 +74,6 @@ struct ss_router {
     size_t id_nrecent, id_next;
     id_binding *bind;                    /* sorted by peer id */
     size_t nbind, capbind;
-    uint64_t join_clock;                 /* JOINs bound, for least recently joined */
 };
 
 void ss_router_opts_init(ss_router_opts *o)
@@ -151,33 +143,9 @@ static int bind_cmp(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-/* The binding to free for a new one: among those of `key` (or of any key
- * when key is NULL), the least recently joined that no live member uses.
- * -1 when there is none. */
-static ssize_t bind_victim(const ss_router_t *r, const uint8_t *key)
-{
-    ssize_t best = -1;
-    for (size_t i = 0; i < r->nbind; i++) {
-        const id_binding *b = &r->bind[i];
-        if ((key && memcmp(b->key, key, 32) != 0)
-            || (best >= 0 && b->joined >= r->bind[best].joined)
-            || ss_router_state_peer_live(r->st, b->peer))
-            continue;
-        best = (ssize_t)i;
-    }
-    return best;
-}
-
-static void bind_remove(ss_router_t *r, size_t i)
-{
-    memmove(&r->bind[i], &r->bind[i + 1], (r->nbind - i - 1) * sizeof *r->bind);
-    r->nbind--;
-}
-
 /* Bind `peer` to `key` on its first JOIN. 1 when it is (or now is) bound
  * to that key; 0 when another key holds it (*other receives that key) or
- * the table is full of live members' ids or memory is out (*full set,
- * *other left alone). */
+ * the table is full (*other is left alone). */
 static int id_bind(ss_router_t *r, uint64_t peer, const uint8_t key[32], uint8_t other[32],
                    int *full)
 {
@@ -185,21 +153,11 @@ static int id_bind(ss_router_t *r, uint64_t peer, const uint8_t key[32], uint8_t
     id_binding *b = r->nbind ? bsearch(&probe, r->bind, r->nbind, sizeof *b, bind_cmp) : NULL;
     *full = 0;
     if (b) {
-        if (memcmp(b->key, key, 32) != 0) {
-            memcpy(other, b->key, 32);
-            return 0;
-        }
-        b->joined = ++r->join_clock;
-        return 1;
+        if (memcmp(b->key, key, 32) == 0)
+            return 1;
+        memcpy(other, b->key, 32);
+        return 0;
     }
-    size_t mine = 0;
-    for (size_t i = 0; i < r->nbind; i++)
-        mine += memcmp(r->bind[i].key, key, 32) == 0;
-    ssize_t victim = mine >= ID_PER_KEY ? bind_victim(r, key) : -1;
-    if (victim < 0 && r->nbind == ID_BIND_MAX)
-        victim = bind_victim(r, NULL);
-    if (victim >= 0)
-        bind_remove(r, (size_t)victim);
     if (r->nbind == r->capbind) {
         size_t cap = r->capbind ? 2 * r->capbind : 64;
         id_binding *nb = cap <= ID_BIND_MAX ? realloc(r->bind, cap * sizeof *nb) : NULL;
@@ -216,7 +174,6 @@ static int id_bind(ss_router_t *r, uint64_t peer, const uint8_t key[32], uint8_t
     memmove(&r->bind[at + 1], &r->bind[at], (r->nbind - at) * sizeof *r->bind);
     r->bind[at].peer = peer;
     memcpy(r->bind[at].key, key, 32);
-    r->bind[at].joined = ++r->join_clock;
     r->nbind++;
     return 1;
 }
@@ -324,8 +281,8 @@ static int curve_admit(ss_router_t *r, int side, size_t n)
             r->impostors++;
             if (full) {
                 ss_log_limited(&r->id_nlog, ID_LOG_LIMIT, "refused a JOIN from the CurveZMQ "
-                               "client with public key %s: %d peer ids of live members are "
-                               "bound already (or memory is out)", user, ID_BIND_MAX);
+                               "client with public key %s: %d peer ids joined already", user,
+                               ID_BIND_MAX);
                 return 0;
             }
             zmq_z85_encode(oz, other, 32);
@@ -686,7 +643,6 @@ void ss_router_get_stats(const ss_router_t *r, ss_router_stats *s)
     s->auth_refused = r->hs_refused + (r->zap ? ss_curve_zap_refused(r->zap) : 0);
     s->impostors = r->impostors;
     s->role_refused = r->role_refused;
-    s->peer_ids = r->nbind;
 }
 
 void ss_router_destroy(ss_router_t **rp)

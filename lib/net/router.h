@@ -82,12 +82,7 @@ typedef struct {
                                 is not one of the sender's key (docs/curve.md) */
     uint64_t role_refused;   /* CurveZMQ: JOINs and PUBLISHes the key's roles do not
                                 allow (the PUBLISHes also count in refused) */
-    uint64_t peer_ids;       /* CurveZMQ: peer ids bound to a key (docs/curve.md,
-                                "Identities"), now */
-    uint64_t bytes_held, bytes_held_max;  /* queued, parked and unacknowledged batches,
-                                             their lineage claims included (rule 2), now
-                                             and peak */
-    uint64_t claims;         /* lineage ids remembered (pending and confirmed, rule 3) */
+    uint64_t bytes_held, bytes_held_max;  /* queued plus unacknowledged, now and peak */
     unsigned producers, consumers;        /* live members */
 } ss_router_stats;
 

@@ -13,8 +13,8 @@
  *
  * Invariants:
  *  - a batch is in exactly one place: the queue, the parked list, one
- *    consumer's unacked list, or the free list; bytes_held is the sum of
- *    the `bytes` (frames and claims) of the first three;
+ *    consumer's unacked list, or the free list; bytes_held is the size of
+ *    the first three;
  *  - every (source, seq) of a queued or delivered batch is claimed by it
  *    (pending) or by an earlier batch that was acknowledged (confirmed); a
  *    parked batch overlaps pending claims only, and claims nothing; a
@@ -30,15 +30,12 @@
  *    released receipts leave nothing that could be sent unsent.
  *
  * Memory: batches are held as the zmq_msg_t frames received (no copy; a
- * DELIVER sends zmq_msg_copy references). A held batch counts its frames
- * plus SS_ROUTER_CLAIM_BYTES per lineage id (at most SS_LINEAGE_MAX_IDS), what its
- * claims may cost the table; held bytes stay below max_bytes plus one window
- * of batches per producer that was a member when the router was last under
- * max_bytes (a producer joining while over it waits for its WELCOME). Once
- * its batch is acknowledged a claim is confirmed and stays, uncounted in held
- * bytes: at most SS_ROUTER_CLAIM_BYTES per accepted id for the life of the stream, at
- * most SEEN_MAX_SLOTS slots. The merged statistics are bounded by
- * STATS_MAX_BYTES and the members by MAX_MEMBERS.
+ * DELIVER sends zmq_msg_copy references). Held bytes stay below max_bytes
+ * plus one window of batches per producer that was a member when the router
+ * was last under max_bytes (a producer joining while over it waits for its
+ * WELCOME); the claims cost 32 bytes per accepted id (open addressing, load
+ * at most 3/4); the merged statistics are bounded by STATS_MAX_BYTES and the
+ * members by MAX_MEMBERS.
  */
 #include "net/router_state.h"
 
@@ -188,27 +185,26 @@ static void claims_place(claim *slot, size_t cap, claim c)
     slot[i] = c;
 }
 
-/* Room for `more` claims. SS_ERR_TOOBIG when the table would pass
- * SEEN_MAX_SLOTS, SS_ERR_NOMEM when memory is out. */
-static ss_err claims_reserve(claimset *s, size_t more)
+/* Room for `more` claims. -1 when the hard bound is reached or memory is out. */
+static int claims_reserve(claimset *s, size_t more)
 {
     if ((s->n + more) * 4 <= s->cap * 3)
-        return SS_OK;
+        return 0;
     size_t cap = s->cap ? s->cap : SEEN_MIN_SLOTS;
     while ((s->n + more) * 4 > cap * 3)
         cap *= 2;
     if (cap > SEEN_MAX_SLOTS)
-        return SS_ERR_TOOBIG;
+        return -1;
     claim *slot = calloc(cap, sizeof *slot);
     if (!slot)
-        return SS_ERR_NOMEM;
+        return -1;
     for (size_t i = 0; i < s->cap; i++)
         if (!id_zero(s->slot[i].id))
             claims_place(slot, cap, s->slot[i]);
     free(s->slot);
     s->slot = slot;
     s->cap = cap;
-    return SS_OK;
+    return 0;
 }
 
 /* The caller reserved room and checked the id is not claimed. */
@@ -265,7 +261,6 @@ typedef struct {
     uint32_t window;        /* producer: unreceipted batches granted at WELCOME */
     uint32_t inflight;      /* producer: PUBLISHes read and not yet receipted */
     uint64_t overruns;      /* producer: PUBLISHes beyond its window */
-    int sent_eos;           /* producer: its own EOS was accepted in this membership */
     uint32_t credit;        /* consumer: batches it may still be sent */
     uint64_t wait_seq;      /* consumer: smaller has waited longer */
     blist unacked;          /* consumer: delivered, not acknowledged */
@@ -720,28 +715,11 @@ static ss_err build_eos(ss_router_state_t *s, size_t nconsumers, char *why, size
     return err;
 }
 
-/* A live producer, or one waiting for its WELCOME, that has not sent its
- * own EOS: the end waits for it (rule 6), so that a producer that ends
- * cannot end the stream of one that has not. */
-static int producer_unfinished(ss_router_state_t *s, const member *m)
-{
-    if (m->gone || m->side != SS_SIDE_FRONTEND || m->sent_eos)
-        return 0;
-    known *k = find_known(s, m->id, 0);
-    return !(k && k->sent_eos);
-}
-
 static void check_end(ss_router_state_t *s)
 {
     if (s->phase == PHASE_RUNNING) {
         if (!s->eos_seen || s->queue.n || s->unacked || s->parked.n)
             return;
-        for (size_t i = 0; i < s->nmem; i++)
-            if (producer_unfinished(s, s->mem[i]))
-                return;
-        for (size_t i = 0; i < s->nwaiting; i++)
-            if (producer_unfinished(s, s->waiting[i]))
-                return;
         for (size_t i = 0; i < s->nknown; i++) {
             known *k = &s->known[i];
             if (!k->listed || k->sent_eos)
@@ -898,7 +876,6 @@ static void on_eos(ss_router_state_t *s, member *m, uint64_t pubseq, const ss_he
                        m->name);
         receipt_send(s, m, pubseq, 0);
     } else {
-        m->sent_eos = 1;   /* h->producer is m->id (check_publish) */
         record_eos(s, h->producer, &r);
         ss_log_info("EOS from producer %s (id %016llx) listing %u members", m->name,
                     (unsigned long long)h->producer, ss_eos_nmembers(&r));
@@ -938,13 +915,6 @@ static int check_publish(ss_router_state_t *s, member *m, uint64_t pubseq, zmq_m
         /* the end of stream is counted by this field, and duplicates named by it */
         refuse_batch(s, m, pubseq, "header names producer %016llx, not the publisher's own id",
                      (unsigned long long)h->producer);
-        return -1;
-    }
-    size_t lineage = zmq_msg_size(&parts[1]) / SS_LINEAGE_ENTRY;
-    if (lineage > SS_LINEAGE_MAX_IDS) {
-        /* each id would cost a claim (rule 3): refused before one is read */
-        refuse_batch(s, m, pubseq, "its lineage names %zu source batches, more than the %u a "
-                     "message may name", lineage, (unsigned)SS_LINEAGE_MAX_IDS);
         return -1;
     }
     if (ss_lineage_check(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), nids) != SS_OK) {
@@ -1048,7 +1018,7 @@ static void resolve_parked(ss_router_state_t *s)
         int st = lineage_state(s, zmq_msg_data(&b->part[1]), batch_nids(b), &hit);
         if (st == LIN_PENDING)
             continue;
-        if (st == LIN_FREE && claims_reserve(&s->claims, batch_nids(b)) != SS_OK) {
+        if (st == LIN_FREE && claims_reserve(&s->claims, batch_nids(b)) != 0) {
             ss_log_limited(&s->log_odd, LOG_LIMIT, "out of memory for lineage claims; batch %llu "
                            "stays parked", (unsigned long long)b->seq);
             continue;
@@ -1081,24 +1051,17 @@ static void accept_data(ss_router_state_t *s, member *m, uint64_t pubseq, const 
         receipt_send(s, m, pubseq, 0);
         return;
     }
-    ss_err e = claims_reserve(&s->claims, nids);
-    if (e == SS_ERR_TOOBIG) {
-        refuse_batch(s, m, pubseq, "the router holds %zu lineage claims, its bound "
-                     "(%zu slots); no batch naming a new source batch is stored",
-                     s->claims.n + (size_t)s->claims.has_zero, (size_t)SEEN_MAX_SLOTS);
-        return;
-    }
-    batch *b = e == SS_OK ? batch_new(s) : NULL;
-    if (!b) {
+    batch *b = NULL;
+    if (claims_reserve(&s->claims, nids) != 0 || !(b = batch_new(s))) {
         refuse_batch(s, m, pubseq, "out of memory (lineage claims or batch record)");
         return;
     }
     for (int i = 0; i < 3; i++)
         zmq_msg_move(&b->part[i], &parts[i]);
-    b->bytes = bytes + nids * SS_ROUTER_CLAIM_BYTES;   /* its claims count against the bound */
+    b->bytes = bytes;
     b->producer = m->id;
     b->seq = h->seq;
-    s->st.bytes_held += b->bytes;
+    s->st.bytes_held += bytes;
     if (s->st.bytes_held > s->st.bytes_held_max)
         s->st.bytes_held_max = s->st.bytes_held;
     if (st == LIN_FREE) {
@@ -1417,7 +1380,6 @@ int ss_router_state_done(const ss_router_state_t *s, int64_t *at)
 void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st)
 {
     *st = s->st;
-    st->claims = s->claims.n + (size_t)s->claims.has_zero;
     st->producers = st->consumers = 0;
     for (size_t i = 0; i < s->nmem; i++) {
         if (s->mem[i]->gone)
@@ -1427,17 +1389,6 @@ void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st)
         else
             st->consumers++;
     }
-}
-
-int ss_router_state_peer_live(const ss_router_state_t *s, uint64_t id)
-{
-    for (size_t i = 0; i < s->nmem; i++)
-        if (!s->mem[i]->gone && s->mem[i]->id == id)
-            return 1;
-    for (size_t i = 0; i < s->nwaiting; i++)
-        if (s->waiting[i]->id == id)
-            return 1;
-    return 0;
 }
 
 ss_err ss_router_state_new(const ss_router_opts *o, uint64_t self_id,

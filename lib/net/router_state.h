@@ -24,12 +24,6 @@ enum { SS_SIDE_FRONTEND = 0, SS_SIDE_BACKEND = 1 };
  * as nparts (the message is refused without reading the surplus). */
 #define SS_ROUTER_MAX_PARTS 5
 
-/* What one lineage claim (rule 3) may cost, counted in the bytes a batch
- * holds: a 32-byte slot in a table between 3/8 and 3/4 full (85 bytes), and
- * while the table doubles the old one (half the new) is still there:
- * 32 x 8/3 x 3/2. */
-#define SS_ROUTER_CLAIM_BYTES 128
-
 /* Send one message to the peer with routing id `ident` on `side`: the link
  * frame, then, when `stream` is not NULL, the three stream frames it points
  * to (header, lineage, payload), which the callee copies (zmq_msg_copy) and
@@ -72,9 +66,5 @@ void ss_router_state_tick(ss_router_state_t *s, int64_t now);
 int ss_router_state_done(const ss_router_state_t *s, int64_t *at);
 
 void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st);
-
-/* 1 when a live member, or a producer waiting for its WELCOME, joined with
- * peer id `id` (on either side). */
-int ss_router_state_peer_live(const ss_router_state_t *s, uint64_t id);
 
 #endif

@@ -22,15 +22,6 @@
 #define SS_LINK_SIZE 16
 #define SS_HEADER_SIZE 40
 #define SS_LINEAGE_ENTRY 16           /* one (source, seq) pair of a lineage frame */
-/* The most lineage ids one stream message may name (a lineage frame of at
- * most 64 KiB). A router keeps a claim for every id it accepts
- * (docs/protocol.md, rule 3), so this bounds what one batch costs it beyond
- * its bytes; links refuse to publish more and routers refuse to store more.
- * Honest messages name far fewer: a source batch names itself, a stateless
- * stage's output its input's ids, a stateful stage's partial the ids of its
- * group (SS_GROUP batches, default 32): 32 for one stateful stage, 1024 for
- * two in a row, 4096 for a group of 4096 source batches. */
-#define SS_LINEAGE_MAX_IDS 4096
 #define SS_MAX_MESSAGE (16u << 20)    /* header + lineage + payload; ZMQ_MAXMSGSIZE of links */
 #define SS_BATCH_BYTES (1u << 20)     /* default batch size */
 #define SS_BATCH_BYTES_MAX (SS_MAX_MESSAGE / 2)   /* the largest batch size a source may be given */

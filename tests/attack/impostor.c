@@ -21,10 +21,6 @@
  *     --receipts N      producer: stop once N receipts came back
  *     --seconds S       give up after S seconds (default 10)
  *     --no-reconnect    never reconnect once the connection is lost
- *     --rejoins N       instead of the above: N times, a new connection with
- *                       its own identity and the peer id --peer + i, JOIN as
- *                       --join, wait for WELCOME (5 s), LEAVE; then print
- *                       "rejoins: welcomed W of N, peers FIRST..LAST" (hex)
  *
  * Prints one line per event on stdout: "welcome", "deliver TAG data|eos",
  * "receipt SEQ ok|refused", then "summary welcomed W delivered D receipts R
@@ -137,74 +133,19 @@ static int publish(void *s, uint64_t self, uint64_t seq, uint64_t source)
     return 0;
 }
 
-/* --rejoins: n memberships one after the other, each on a connection of
- * its own with the peer id first + i and this key's own routing id. */
-static int rejoins(void *zctx, const char *connect, const char *key, const char *server,
-                   int producer, uint64_t first, long n)
-{
-    char err[1024], own[SS_Z85_KEY];
-    long welcomed = 0;
-    for (long i = 0; i < n && !stop; i++) {
-        void *s = zmq_socket(zctx, ZMQ_DEALER);
-        int linger = 1000;
-        uint8_t rid[SS_ROUTING_ID_CURVE_SIZE];
-        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-        if (ss_curve_client_setup_files(s, key, server, own, err, sizeof err) != SS_OK) {
-            fprintf(stderr, "impostor: %s\n", err);
-            zmq_close(s);
-            return 1;
-        }
-        uint64_t peer = first + (uint64_t)i;
-        rid[0] = SS_ROUTING_ID_PREFIX;
-        ss_put_u64(rid + 1, peer);
-        zmq_z85_decode(rid + SS_ROUTING_ID_SIZE, own);
-        randombytes_buf(rid + SS_ROUTING_ID_SIZE + SS_ROUTING_ID_KEY, SS_ROUTING_ID_NONCE);
-        if (zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, sizeof rid) != 0 || zmq_connect(s, connect) != 0) {
-            fprintf(stderr, "impostor: cannot connect to %s: %s\n", connect, zmq_strerror(errno));
-            zmq_close(s);
-            return 1;
-        }
-        send_link(s, SS_LINK_JOIN, producer ? SS_ROLE_PRODUCER : SS_ROLE_CONSUMER, peer, 0);
-        int64_t end = ss_now_ms() + 5000;
-        int got = 0;
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        while (!got && ss_now_ms() < end) {
-            zmq_pollitem_t it = { s, 0, ZMQ_POLLIN, 0 };
-            if (zmq_poll(&it, 1, 50) < 0)
-                break;
-            while (!got && zmq_msg_recv(&m, s, ZMQ_DONTWAIT) >= 0) {
-                ss_link_t l;
-                got = ss_link_decode(zmq_msg_data(&m), zmq_msg_size(&m), &l) == SS_OK
-                      && l.kind == SS_LINK_WELCOME;
-                while (zmq_msg_more(&m))
-                    zmq_msg_recv(&m, s, 0);
-            }
-        }
-        zmq_msg_close(&m);
-        welcomed += got;
-        send_link(s, SS_LINK_LEAVE, 0, 0, 0);
-        zmq_close(s);
-    }
-    printf("rejoins: welcomed %ld of %ld, peers %016" PRIx64 "..%016" PRIx64 "\n", welcomed, n,
-           first, first + (uint64_t)n - 1);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     const char *connect = NULL, *server = NULL, *key = NULL, *rid_key = "own", *join = NULL;
     const char *nonce_opt = NULL;
     uint64_t peer = 0, join_id = 0, lineage = 0;
     int have_join_id = 0, have_lineage = 0, ack = 0, reconnect = 1;
-    long credit = 2, npublish = 0, seconds = 10, want_receipts = -1, nrejoins = 0;
+    long credit = 2, npublish = 0, seconds = 10, want_receipts = -1;
     static const struct option opts[] = {
         { "connect", 1, 0, 'c' }, { "server", 1, 0, 's' },   { "key", 1, 0, 'k' },
         { "peer", 1, 0, 'p' },    { "rid-key", 1, 0, 'r' },  { "nonce", 1, 0, 'n' },
         { "join", 1, 0, 'j' },    { "join-id", 1, 0, 'J' },  { "credit", 1, 0, 'C' },
         { "ack", 0, 0, 'a' },     { "publish", 1, 0, 'P' },  { "lineage", 1, 0, 'l' },
         { "seconds", 1, 0, 'S' }, { "no-reconnect", 0, 0, 'R' }, { "receipts", 1, 0, 'E' },
-        { "rejoins", 1, 0, 'N' },
         { 0, 0, 0, 0 },
     };
     if (sodium_init() < 0)
@@ -230,7 +171,6 @@ int main(int argc, char **argv)
         case 'S': seconds = strtol(optarg, NULL, 10); break;
         case 'R': reconnect = 0; break;
         case 'E': want_receipts = strtol(optarg, NULL, 10); break;
-        case 'N': nrejoins = strtol(optarg, NULL, 10); break;
         default: return usage("unknown option");
         }
     }
@@ -242,16 +182,6 @@ int main(int argc, char **argv)
         join_id = peer;
     if (!have_lineage)
         lineage = peer;
-    if (nrejoins > 0) {
-        struct sigaction sa = { .sa_handler = on_term };
-        sigaction(SIGTERM, &sa, NULL);
-        setvbuf(stdout, NULL, _IOLBF, 0);
-        void *zctx = zmq_ctx_new();
-        int rc = rejoins(zctx, connect, key, server, !join || strcmp(join, "consumer") != 0,
-                         peer, nrejoins);
-        zmq_ctx_term(zctx);
-        return rc;
-    }
 
     char err[1024], own_pub[SS_Z85_KEY], other_pub[SS_Z85_KEY];
     uint8_t rid[SS_ROUTING_ID_CURVE_SIZE];

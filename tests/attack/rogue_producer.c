@@ -22,11 +22,6 @@
  *            this producer is such a bomb (about 300 bytes)
  *   eos      the control of eos-bomb: as honest, then a well-formed end of
  *            stream whose statistics record is {stage = "rogue"}
- *   eos-empty as honest, then an end of stream listing no member, with no
- *            statistics: {members = {}, stats = {}}
- *   lineage  as honest, but each batch's lineage names --ids fresh ids
- *            (its own id as the source, consecutive numbers), so that each
- *            costs the router a lineage claim
  *
  * Options
  *   --count N      batches to publish (default 100)
@@ -37,13 +32,9 @@
  *   --rejoin N     flood: JOIN again after every N batches (default 0: never)
  *   --name NAME    name in the JOIN (default rogue)
  *   --id HEX       its peer id (default random)
- *   --ids N        lineage: ids per batch (default 1)
- *   --stall-ms N   give up once no receipt came for N ms while the window is
- *                  full (default 0: wait as a link does, up to 20 s)
  *
  * The pipeline id comes from SS_STREAM as for every component. Prints one
- * line on stdout: "MODE: sent N batches (B bytes), receipts R (refused F),
- * window W", with ", stalled" when it gave up waiting for receipts.
+ * line on stdout: "MODE: sent N batches (B bytes), receipts R, window W".
  * Exit status 0 once everything was sent, 1 when the router never welcomed
  * it or a send timed out, 2 on a usage error.
  */
@@ -62,24 +53,22 @@
 
 typedef struct {
     const char *mode, *addr, *name;
-    uint64_t count, bytes, window, source, first, rejoin, id, ids, stall_ms;
+    uint64_t count, bytes, window, source, first, rejoin, id;
     uint32_t stream;
 } args;
 
 typedef struct {
     void *sock;
     uint64_t receipts;      /* RECEIPTs read */
-    uint64_t refused;       /* of them flagged REFUSED */
-    int64_t heard;          /* when the last RECEIPT came (ms) */
     uint64_t last_receipt;  /* highest receipted publish sequence + 1 */
     unsigned granted;       /* WELCOME's n */
 } peer;
 
 static int usage(const char *why)
 {
-    fprintf(stderr, "rogue_producer: %s\nusage: rogue_producer flood|squat|honest|bomb|eos-bomb|eos|eos-empty|"
-            "lineage ADDR [--count N] [--bytes N] [--window N] [--source HEX] [--first N] "
-            "[--rejoin N] [--name NAME] [--id HEX] [--ids N] [--stall-ms N]\n", why);
+    fprintf(stderr, "rogue_producer: %s\nusage: rogue_producer flood|squat|honest|bomb|eos-bomb|eos ADDR [--count N] "
+            "[--bytes N] [--window N] [--source HEX] [--first N] [--rejoin N] [--name NAME] "
+            "[--id HEX]\n", why);
     return 2;
 }
 
@@ -90,21 +79,18 @@ static int parse(args *a, int argc, char **argv)
     a->bytes = SS_BATCH_BYTES;
     a->window = SS_DEFAULT_WINDOW;
     a->name = "rogue";
-    a->ids = 1;
     if (argc < 3)
         return usage("a mode and an address are needed");
     a->mode = argv[1];
     a->addr = argv[2];
     if (strcmp(a->mode, "flood") && strcmp(a->mode, "squat") && strcmp(a->mode, "honest")
-        && strcmp(a->mode, "bomb") && strcmp(a->mode, "eos-bomb") && strcmp(a->mode, "eos")
-        && strcmp(a->mode, "eos-empty") && strcmp(a->mode, "lineage"))
-        return usage("the mode is flood, squat, honest, bomb, eos-bomb, eos, eos-empty or lineage");
+        && strcmp(a->mode, "bomb") && strcmp(a->mode, "eos-bomb") && strcmp(a->mode, "eos"))
+        return usage("the mode is flood, squat, honest, bomb, eos-bomb or eos");
     for (int i = 3; i < argc; i += 2) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t *num = !strcmp(o, "--count") ? &a->count : !strcmp(o, "--bytes") ? &a->bytes
                       : !strcmp(o, "--window") ? &a->window : !strcmp(o, "--first") ? &a->first
-                      : !strcmp(o, "--rejoin") ? &a->rejoin : !strcmp(o, "--ids") ? &a->ids
-                      : !strcmp(o, "--stall-ms") ? &a->stall_ms : NULL;
+                      : !strcmp(o, "--rejoin") ? &a->rejoin : NULL;
         int hex = 0;
         if (!num && !strcmp(o, "--source"))
             num = &a->source, hex = 1;
@@ -121,8 +107,6 @@ static int parse(args *a, int argc, char **argv)
     }
     if (a->window == 0 || a->window > UINT16_MAX || a->bytes > SS_MAX_MESSAGE / 2)
         return usage("--window from 1 to 65535, --bytes at most 8 MiB");
-    if (a->ids == 0 || a->ids > SS_MAX_MESSAGE / SS_LINEAGE_ENTRY)
-        return usage("--ids from 1 to a message's worth (1048576)");
     if (!strcmp(a->mode, "squat") && !a->source)
         return usage("squat needs --source");
     if (!a->id)
@@ -170,8 +154,6 @@ static void read_all(peer *p, int timeout_ms)
                 p->granted = l.n ? l.n : SS_DEFAULT_WINDOW;
             if (l.kind == SS_LINK_RECEIPT) {
                 p->receipts++;
-                p->refused += (l.flags & SS_LINK_REFUSED) != 0;
-                p->heard = ss_now_ms();
                 if (l.tag + 1 > p->last_receipt)
                     p->last_receipt = l.tag + 1;
             }
@@ -235,9 +217,8 @@ static void make_bomb(msgpack_sbuffer *sb, uint64_t bytes, uint32_t *count)
 }
 
 /* The end of stream: {members = {id}, stats = {[hex id] = bomb}}, or with
- * the record {stage = "rogue"} instead of the bomb; `empty`: {members = {},
- * stats = {}}. */
-static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb, int empty)
+ * the record {stage = "rogue"} instead of the bomb. */
+static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -248,19 +229,14 @@ static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb, int empty
     msgpack_pack_map(&pk, 2);
     msgpack_pack_str(&pk, 7);
     msgpack_pack_str_body(&pk, "members", 7);
-    msgpack_pack_array(&pk, empty ? 0 : 1);
-    if (!empty)
-        msgpack_pack_uint64(&pk, a->id);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, a->id);
     msgpack_pack_str(&pk, 5);
     msgpack_pack_str_body(&pk, "stats", 5);
-    msgpack_pack_map(&pk, empty ? 0 : 1);
-    if (!empty) {
-        msgpack_pack_str(&pk, 16);
-        msgpack_pack_str_body(&pk, hex, 16);
-    }
-    if (empty) {
-        /* nothing more */
-    } else if (bomb) {
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str(&pk, 16);
+    msgpack_pack_str_body(&pk, hex, 16);
+    if (bomb) {
         uint8_t b[BOMB_LEVELS * 5];
         msgpack_sbuffer_write(&sb, (const char *)b, put_bomb(b, sizeof b));
     } else {
@@ -271,7 +247,7 @@ static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb, int empty
         msgpack_pack_str_body(&pk, "rogue", 5);
     }
     ss_header_t h = { .type = SS_MSG_EOS, .stream = a->stream, .producer = a->id, .seq = seq,
-                      .count = empty ? 0 : 1 };
+                      .count = 1 };
     uint8_t hdr[SS_HEADER_SIZE];
     ss_header_encode(&h, hdr);
     int rc = send_link(p, SS_LINK_PUBLISH, 0, 0, seq, 1) != 0
@@ -282,28 +258,20 @@ static int publish_eos(peer *p, const args *a, uint64_t seq, int bomb, int empty
     return rc;
 }
 
-/* Batch i: its lineage names one id (its own, or the squatted source's),
- * or in lineage mode a->ids fresh ones; `lin` has room for a->ids. */
 static int publish(peer *p, const args *a, uint64_t i, const msgpack_sbuffer *payload,
-                   uint32_t count, uint8_t *lin)
+                   uint32_t count)
 {
     ss_header_t h = { .type = SS_MSG_DATA, .flags = 0, .stream = a->stream, .producer = a->id,
                       .seq = i, .count = count, .origin = 0 };
-    size_t n = 1;
-    if (!strcmp(a->mode, "squat")) {
-        ss_lineage_put(lin, 0, (ss_lineage_id){ a->source, a->first + i });
-    } else if (!strcmp(a->mode, "lineage")) {
-        n = a->ids;
-        for (size_t k = 0; k < n; k++)
-            ss_lineage_put(lin, k, (ss_lineage_id){ a->id, i * n + k });
-    } else {
-        ss_lineage_put(lin, 0, (ss_lineage_id){ a->id, i });
-    }
-    uint8_t hdr[SS_HEADER_SIZE];
+    ss_lineage_id id = { a->id, i };
+    if (!strcmp(a->mode, "squat"))
+        id = (ss_lineage_id){ a->source, a->first + i };
+    uint8_t hdr[SS_HEADER_SIZE], lin[SS_LINEAGE_ENTRY];
     ss_header_encode(&h, hdr);
+    ss_lineage_put(lin, 0, id);
     if (send_link(p, SS_LINK_PUBLISH, 0, 0, i, 1) != 0
         || zmq_send(p->sock, hdr, sizeof hdr, ZMQ_SNDMORE) < 0
-        || zmq_send(p->sock, lin, n * SS_LINEAGE_ENTRY, ZMQ_SNDMORE) < 0
+        || zmq_send(p->sock, lin, sizeof lin, ZMQ_SNDMORE) < 0
         || zmq_send(p->sock, payload->data, payload->size, 0) < 0)
         return -1;
     return 0;
@@ -331,13 +299,6 @@ int main(int argc, char **argv)
     else
         make_payload(&payload, a.bytes, &count);
     uint64_t sent = 0, sent_bytes = 0;
-    int stalled = 0;
-    uint8_t *lin = malloc(a.ids * SS_LINEAGE_ENTRY);
-    if (!lin) {
-        fprintf(stderr, "rogue_producer: out of memory for a lineage of %llu ids\n",
-                (unsigned long long)a.ids);
-        goto out;
-    }
     if (zmq_connect(p.sock, a.addr) != 0) {
         fprintf(stderr, "rogue_producer: cannot connect to %s: %s\n", a.addr, zmq_strerror(errno));
         goto out;
@@ -356,53 +317,37 @@ int main(int argc, char **argv)
         if (flood && a.rejoin && i > 0 && i % a.rejoin == 0 && join(&p, &a) != 0)
             break;
         /* The window, as a link keeps it: squat and honest wait for receipts. */
-        p.heard = ss_now_ms();
-        while (!flood && i - p.last_receipt >= p.granted
-               && !(a.stall_ms && ss_now_ms() - p.heard >= (int64_t)a.stall_ms))
-            read_all(&p, 100);
-        if (!flood && i - p.last_receipt >= p.granted) {
-            stalled = 1;
-            break;
-        }
-        if (publish(&p, &a, i, &payload, count, lin) != 0) {
+        while (!flood && i - p.last_receipt >= p.granted)
+            read_all(&p, 1000);
+        if (publish(&p, &a, i, &payload, count) != 0) {
             fprintf(stderr, "rogue_producer: publishing batch %llu: %s\n", (unsigned long long)i,
                     zmq_strerror(errno));
             goto out;
         }
         sent++;
-        sent_bytes += payload.size + SS_HEADER_SIZE
-                      + SS_LINEAGE_ENTRY * (strcmp(a.mode, "lineage") ? 1 : a.ids);
+        sent_bytes += payload.size + SS_HEADER_SIZE + SS_LINEAGE_ENTRY;
         read_all(&p, 0);
     }
-    if (!strcmp(a.mode, "eos-bomb") || !strcmp(a.mode, "eos") || !strcmp(a.mode, "eos-empty")) {
+    if (!strcmp(a.mode, "eos-bomb") || !strcmp(a.mode, "eos")) {
         while (sent - p.last_receipt >= p.granted)
             read_all(&p, 1000);
-        if (publish_eos(&p, &a, sent, !strcmp(a.mode, "eos-bomb"), !strcmp(a.mode, "eos-empty"))
-            != 0) {
+        if (publish_eos(&p, &a, sent, !strcmp(a.mode, "eos-bomb")) != 0) {
             fprintf(stderr, "rogue_producer: publishing the end of stream: %s\n", zmq_strerror(errno));
             goto out;
         }
         sent++;
     }
-    if (!flood && !stalled) {
-        p.heard = ss_now_ms();
-        for (int waited = 0; p.last_receipt < sent && waited < 20; waited++) {
-            if (a.stall_ms && ss_now_ms() - p.heard >= (int64_t)a.stall_ms) {
-                stalled = 1;
-                break;
-            }
-            read_all(&p, a.stall_ms ? 100 : 500);
-        }
+    if (!flood) {
+        for (int waited = 0; p.last_receipt < sent && waited < 20; waited++)
+            read_all(&p, 500);
     }
     status = 0;
 out:
-    printf("%s: sent %llu batches (%llu bytes), receipts %llu (refused %llu), window %u%s\n",
-           a.mode, (unsigned long long)sent, (unsigned long long)sent_bytes,
-           (unsigned long long)p.receipts, (unsigned long long)p.refused, p.granted,
-           stalled ? ", stalled" : "");
+    printf("%s: sent %llu batches (%llu bytes), receipts %llu, window %u\n", a.mode,
+           (unsigned long long)sent, (unsigned long long)sent_bytes,
+           (unsigned long long)p.receipts, p.granted);
     fflush(stdout);
     msgpack_sbuffer_destroy(&payload);
-    free(lin);
     int linger = SEND_TIMEOUT_MS;   /* what was sent reaches the router before we exit */
     zmq_setsockopt(p.sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(p.sock);

@@ -195,38 +195,3 @@ wait_for 10 grep -qF "public key $ATT3 at 127.0.0.1: peer id 0000000000002223 jo
 stop "$JI" "$TI"
 check "a JOIN naming another peer id than its routing id's is never welcomed" grep -q '^summary welcomed 0 ' "$T/joinid.out"
 check "a JOIN with another key's peer id is never welcomed" grep -q '^summary welcomed 0 ' "$T/takeid.out"
-
-# ---- peer ids bound to a key ---------------------------------------------------
-# A router binds each peer id to the first key that joined with it, so that
-# no other key joins, publishes or ends the stream under it; the table holds
-# 65536 ids. One allowed key joining with ever new peer ids (here 300 short
-# memberships, each JOIN then LEAVE) used to keep every id for the router's
-# life, and at 65536 every JOIN with a new peer id, of any key, would have
-# been refused. A key now keeps at most 64 ids of members that are gone, its
-# least recently joined one freed for each new one. Controls in the same
-# harness: another key is refused the most recent of those ids (still bound
-# to the first key), and welcomed with the first one (freed).
-start_router p --curve-key "$T/router" --curve-allow "$T/allow" || exit 1
-CZ_P=$LAST
-# shellcheck disable=SC2086 # the setpriv words
-$AS_NOBODY "$IMPOSTOR" --server "$T/att/router.pub" --key "$T/att/att1" --connect "$FRONT_p" \
-    --join producer --peer 10000 --rejoins 300 >"$T/rejoins.out" 2>"$T/rejoins.err"
-check "rejoins: one key joined 300 times, each with a new peer id" \
-    grep -q '^rejoins: welcomed 300 of 300, peers 0000000000010000..000000000001012b$' "$T/rejoins.out"
-attacker takelast att2 --connect "$FRONT_p" --peer 1012b --join producer --seconds 60
-TL=$LAST
-wait_for 10 grep -qF "public key $ATT2 at 127.0.0.1: peer id 000000000001012b joined with key $ATT1" "$T/p.log"
-stop "$TL"
-check "control: the key's most recent peer id stays its own (another key is refused)" \
-    grep -q '^summary welcomed 0 ' "$T/takelast.out"
-attacker takefirst att2 --connect "$FRONT_p" --peer 10000 --join producer --seconds 60
-TF=$LAST
-wait_for 10 grep -q '^welcome' "$T/takefirst.out"
-stop "$TF"
-check "rejoins: the key's least recently joined peer id was freed (another key joins with it)" \
-    grep -q '^welcome' "$T/takefirst.out"
-stop "$CZ_P"
-n=$(sed -n 's/.*peer ids bound \([0-9]*\).*/\1/p' "$T/p.log")
-echo "# rejoins: the router held ${n:-?} peer ids at the end"
-check "rejoins: the router holds at most 64 of the key's peer ids, plus the other key's" \
-    test "${n:-999}" -le 66
