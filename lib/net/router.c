@@ -88,14 +88,9 @@ void ss_router_opts_init(ss_router_opts *o)
     o->linger_ms = 0;
 }
 
-/* The state's send callback. ROUTER_MANDATORY turns a peer without a
- * connection into EHOSTUNREACH; SNDHWM 0 means EAGAIN never happens (what
- * is queued is bounded by credit and windows, and shares the held frames). */
-static int sock_send(void *arg, int side, const uint8_t *ident, size_t idlen,
-                     const ss_link_t *link, zmq_msg_t *stream)
+int ss_router_send_frames(void *sock, const uint8_t *ident, size_t idlen, const ss_link_t *link,
+                          zmq_msg_t *stream)
 {
-    ss_router_t *r = arg;
-    void *sock = r->sock[side];
     uint8_t lb[SS_LINK_SIZE];
     ss_link_encode(link, lb);
     if (zmq_send(sock, ident, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
@@ -112,6 +107,16 @@ static int sock_send(void *arg, int side, const uint8_t *ident, size_t idlen,
         }
     }
     return 0;
+}
+
+/* The state's send callback. ROUTER_MANDATORY turns a peer without a
+ * connection into EHOSTUNREACH; SNDHWM 0 means EAGAIN never happens (what
+ * is queued is bounded by credit and windows, and shares the held frames). */
+static int sock_send(void *arg, int side, const uint8_t *ident, size_t idlen,
+                     const ss_link_t *link, zmq_msg_t *stream)
+{
+    ss_router_t *r = arg;
+    return ss_router_send_frames(r->sock[side], ident, idlen, link, stream);
 }
 
 /* ---- identities under CurveZMQ (docs/curve.md, "Identities", "Roles") ---- */

@@ -67,4 +67,11 @@ int ss_router_state_done(const ss_router_state_t *s, int64_t *at);
 
 void ss_router_state_stats(const ss_router_state_t *s, ss_router_stats *st);
 
+/* One message out of a ROUTER socket, as the router sends it: the peer's
+ * routing id, the link frame, then the three stream frames when stream is
+ * not NULL (copied: the caller keeps its frames). Never blocks; -1 with
+ * errno on failure. Also what a tool standing in for a router sends with. */
+int ss_router_send_frames(void *sock, const uint8_t *ident, size_t idlen, const ss_link_t *link,
+                          zmq_msg_t *stream);
+
 #endif

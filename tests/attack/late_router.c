@@ -50,22 +50,7 @@ static int relay_send(void *arg, int side, const uint8_t *ident, size_t idlen,
         l.flags |= SS_LINK_LATE;
         r->lied++;
     }
-    uint8_t lb[SS_LINK_SIZE];
-    ss_link_encode(&l, lb);
-    void *sock = r->sock[side];
-    if (zmq_send(sock, ident, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0
-        || zmq_send(sock, lb, sizeof lb, ZMQ_DONTWAIT | (stream ? ZMQ_SNDMORE : 0)) < 0)
-        return -1;
-    for (int i = 0; stream && i < 3; i++) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_copy(&m, &stream[i]) != 0
-            || zmq_msg_send(&m, sock, ZMQ_DONTWAIT | (i < 2 ? ZMQ_SNDMORE : 0)) < 0) {
-            zmq_msg_close(&m);
-            return -1;
-        }
-    }
-    return 0;
+    return ss_router_send_frames(r->sock[side], ident, idlen, &l, stream);
 }
 
 static int read_one(relay *r, ss_router_state_t *st, int side, zmq_msg_t *in)
